@@ -1,0 +1,130 @@
+namespace PruneKernel;
+
+/// <summary>Base type of every error PruneKernel raises on purpose; catch it to handle bad input of any kind.</summary>
+public class PruneKernelException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public PruneKernelException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public PruneKernelException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public PruneKernelException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>A checkpoint file (safetensors, index or config) is missing, unreadable or malformed.</summary>
+public sealed class CheckpointFormatException : PruneKernelException
+{
+    /// <summary>Creates the exception, naming the file and, where known, the tensor and byte offset.</summary>
+    public CheckpointFormatException(string filePath, string problem, string? tensorName = null, long? offset = null, Exception? innerException = null)
+        : base(Describe(filePath, problem, tensorName, offset), innerException ?? new InvalidDataException(problem))
+    {
+        FilePath = filePath;
+        TensorName = tensorName;
+        Offset = offset;
+        Problem = problem;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public CheckpointFormatException() : this("(unknown)", "unknown problem") { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public CheckpointFormatException(string message) : this("(unknown)", message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public CheckpointFormatException(string message, Exception innerException) : this("(unknown)", message, null, null, innerException) { }
+
+    /// <summary>The file at fault.</summary>
+    public string FilePath { get; }
+
+    /// <summary>The tensor at fault, if the problem concerns one.</summary>
+    public string? TensorName { get; }
+
+    /// <summary>The byte offset at fault, if known.</summary>
+    public long? Offset { get; }
+
+    /// <summary>What is wrong, without the file name.</summary>
+    public string Problem { get; }
+
+    private static string Describe(string file, string problem, string? tensor, long? offset)
+    {
+        var where = tensor is null ? file : $"{file}, tensor '{tensor}'";
+        if (offset is not null)
+        {
+            where += $", offset {offset}";
+        }
+
+        return $"{where}: {problem}";
+    }
+}
+
+/// <summary>A model's configuration is missing, malformed, or describes something PruneKernel does not support.</summary>
+public sealed class ModelConfigException : PruneKernelException
+{
+    /// <summary>Creates the exception.</summary>
+    public ModelConfigException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public ModelConfigException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public ModelConfigException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>Image bytes could not be decoded, or the image is empty or unsupported.</summary>
+public sealed class ImageDecodeException : PruneKernelException
+{
+    /// <summary>Creates the exception.</summary>
+    public ImageDecodeException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public ImageDecodeException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public ImageDecodeException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>Tokenizer files are missing or malformed.</summary>
+public sealed class TokenizerException : PruneKernelException
+{
+    /// <summary>Creates the exception.</summary>
+    public TokenizerException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public TokenizerException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public TokenizerException(string message, Exception innerException) : base(message, innerException) { }
+}
+
+/// <summary>A prompt (plus the tokens to generate) does not fit the model's context window.</summary>
+public sealed class ContextLengthExceededException : PruneKernelException
+{
+    /// <summary>Creates the exception with the token counts.</summary>
+    public ContextLengthExceededException(int promptTokens, int maxNewTokens, int contextLength)
+        : base($"The prompt has {promptTokens} tokens and {maxNewTokens} more were requested, but the model's context holds {contextLength}.")
+    {
+        PromptTokens = promptTokens;
+        MaxNewTokens = maxNewTokens;
+        ContextLength = contextLength;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public ContextLengthExceededException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public ContextLengthExceededException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public ContextLengthExceededException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <summary>Tokens in the prompt.</summary>
+    public int PromptTokens { get; }
+
+    /// <summary>Tokens requested for generation.</summary>
+    public int MaxNewTokens { get; }
+
+    /// <summary>The model's context window.</summary>
+    public int ContextLength { get; }
+}
