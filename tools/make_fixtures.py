@@ -309,6 +309,9 @@ def write_model(tok, out, image_path, name, kind, hidden, heads, kv, layers, the
     for junk in ("tokenizer.json",):  # keep fixtures small: tokenizer.model + tokenizer_config.json carry it all
         if os.path.exists(os.path.join(d, junk)) and name != "llava-tiny-f32":
             os.remove(os.path.join(d, junk))
+            # transformers 5 keeps added tokens only in tokenizer.json; the hub's llava-hf folders also carry this file
+            with open(os.path.join(d, "added_tokens.json"), "w") as f:
+                json.dump({"<image>": IMAGE_TOKEN_ID, "<pad>": PAD_TOKEN_ID}, f)
     shutil.copy(TOKENIZER_MODEL, os.path.join(d, "tokenizer.model"))
     with open(os.path.join(d, "chat_template.json"), "w") as f:
         json.dump({"chat_template": LLAVA_TEMPLATE}, f)
