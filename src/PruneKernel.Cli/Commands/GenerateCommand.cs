@@ -1,0 +1,69 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PruneKernel.Text;
+using PruneKernel.Vision;
+
+namespace PruneKernel.Cli.Commands;
+
+/// <summary><c>prunekernel generate</c>: one prompt (optionally with an image) in, one completion out.</summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new ModelOptions();
+        var image = new Option<FileInfo?>("--image", "-i") { Description = "Image file (png, jpeg, webp)." };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "The question or instruction.", Required = true };
+        var raw = new Option<bool>("--raw") { Description = "Use the prompt as is (it holds <image> where the image goes) instead of the chat template." };
+        var format = new Option<string>("--format") { Description = "text (streamed) or json.", DefaultValueFactory = _ => "text" };
+        format.AcceptOnlyFromAmong("text", "json");
+        var command = new Command("generate", "Generate a completion for a prompt about an image.");
+        model.AddTo(command);
+        command.Add(image);
+        command.Add(prompt);
+        command.Add(raw);
+        command.Add(format);
+        command.SetAction((r, ct) => CliErrors.Run(async () =>
+        {
+            var images = r.GetValue(image) is { } file ? new[] { ImageDecoder.Load(file.FullName) } : [];
+            using var lvlm = Lvlm.Load(r.GetValue(model.Model)!, model.LoadOptions(r), ct);
+            var text = r.GetValue(prompt)!;
+            var lvlmPrompt = r.GetValue(raw)
+                ? lvlm.CreateRawPrompt(text, images)
+                : lvlm.CreatePrompt([PromptMessage.User(text, images.Length)], images);
+            var options = model.GenerationOptions(r);
+            if (r.GetValue(format) == "json")
+            {
+                var result = lvlm.Generate(lvlmPrompt, options, ct);
+                Console.WriteLine(ToJson(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                return 0;
+            }
+
+            foreach (var update in lvlm.GenerateStreaming(lvlmPrompt, options, ct))
+            {
+                Console.Write(update.TextDelta);
+            }
+
+            Console.WriteLine();
+            return 0;
+        }));
+        return command;
+    }
+
+    internal static JsonObject ToJson(Generation.GenerationResult result) => new()
+    {
+        ["prompt_token_count"] = result.PromptTokenCount,
+        ["output_token_ids"] = new JsonArray([.. result.OutputTokenIds.Select(id => (JsonNode)id)]),
+        ["output_text"] = result.Text,
+        ["finish_reason"] = result.FinishReason.ToString(),
+        ["timings_ms"] = new JsonObject
+        {
+            ["image_preprocess"] = Math.Round(result.Timings.ImagePreprocessMs, 3),
+            ["image_encode"] = Math.Round(result.Timings.ImageEncodeMs, 3),
+            ["prefill"] = Math.Round(result.Timings.PrefillMs, 3),
+            ["time_to_first_token"] = Math.Round(result.Timings.TimeToFirstTokenMs, 3),
+            ["decode"] = Math.Round(result.Timings.DecodeMs, 3),
+            ["total"] = Math.Round(result.Timings.TotalMs, 3),
+        },
+    };
+}

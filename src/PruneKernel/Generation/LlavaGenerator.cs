@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using PruneKernel.Language;
+using PruneKernel.Models.Llava;
+using PruneKernel.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Generation;
+
+/// <summary>Prefill, then one token at a time with the KV cache, until EOS, a stop sequence or the budget.</summary>
+internal static class LlavaGenerator
+{
+    public static IEnumerable<GenerationUpdate> Run(
+        LlavaForConditionalGeneration model,
+        LlamaTextTokenizer tokenizer,
+        LvlmPrompt prompt,
+        GenerationOptions options,
+        GenerationDefaults defaults,
+        CancellationToken cancellationToken)
+    {
+        options.Validate();
+        var maxNew = options.MaxNewTokens ?? defaults.MaxNewTokens;
+        var promptLength = prompt.InputIds.Count;
+        var context = model.Config.Text.MaxPositionEmbeddings;
+        if (promptLength + maxNew > context)
+        {
+            throw new ContextLengthExceededException(promptLength, maxNew, context);
+        }
+
+        var temperature = options.Temperature ?? (defaults.DoSample ? defaults.Temperature : 0f);
+        using var sampler = new Sampler(temperature, options.TopK ?? defaults.TopK, options.TopP ?? defaults.TopP, options.Seed);
+        var eos = defaults.EosTokenIds.ToHashSet();
+        var stops = new StopSequenceFilter(options.StopSequences);
+        var text = tokenizer.CreateStreamDecoder();
+        var output = new List<int>();
+        var total = Stopwatch.StartNew();
+        using var cache = new DecoderCache(model.Config.Text.NumHiddenLayers, promptLength + maxNew);
+
+        cancellationToken.ThrowIfCancellationRequested();
+        var watch = Stopwatch.StartNew();
+        int next;
+        double encodeMs, prefillMs;
+        // Grad mode and dispose scopes are per thread, and an iterator may resume on another thread: each block sets its own.
+        using (torch.no_grad())
+        using (var scope = NewDisposeScope())
+        {
+            Tensor? images = null;
+            if (prompt.Images.Count > 0)
+            {
+                images = model.EncodeImages(prompt.PixelTensor());
+            }
+
+            encodeMs = watch.Elapsed.TotalMilliseconds;
+            watch.Restart();
+            var ids = torch.tensor(prompt.InputIds.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64).unsqueeze(0);
+            var embeds = model.EmbedPrompt(ids, images);
+            var positions = torch.arange(promptLength, dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
+            var hidden = model.language_model.forward(embeds, positions, cache);
+            var logits = model.Logits(hidden.narrow(1, promptLength - 1, 1))[0, 0];
+            next = maxNew == 0 ? -1 : sampler.Next(logits);
+            prefillMs = watch.Elapsed.TotalMilliseconds;
+        }
+
+        watch.Restart();
+        var finish = GenerationFinishReason.Length;
+        for (var step = 0; step < maxNew; step++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (eos.Contains(next))
+            {
+                finish = GenerationFinishReason.EndOfSequence;
+                break;
+            }
+
+            output.Add(next);
+            var delta = stops.Push(text.Append(next));
+            if (stops.Stopped)
+            {
+                finish = GenerationFinishReason.StopSequence;
+                yield return new GenerationUpdate(next, delta);
+                break;
+            }
+
+            if (step == maxNew - 1)
+            {
+                yield return new GenerationUpdate(next, delta);
+                break;
+            }
+
+            using (torch.no_grad())
+            using (var scope = NewDisposeScope())
+            {
+                // The position keeps counting from the prompt's original length, whatever pruning did to the caches.
+                var ids = torch.tensor(new long[] { next }, dtype: ScalarType.Int64).unsqueeze(0);
+                var embeds = model.EmbedPrompt(ids, null);
+                var positions = torch.tensor(new long[] { promptLength + step }, dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
+                var hidden = model.language_model.forward(embeds, positions, cache);
+                next = sampler.Next(model.Logits(hidden)[0, 0]);
+            }
+
+            yield return new GenerationUpdate(output[^1], delta);
+        }
+
+        var tail = stops.Flush();
+        var result = new GenerationResult
+        {
+            PromptTokenCount = promptLength,
+            OutputTokenIds = output,
+            Text = stops.Text,
+            FinishReason = finish,
+            Timings = new GenerationTimings
+            {
+                ImagePreprocessMs = prompt.PreprocessMs,
+                ImageEncodeMs = encodeMs,
+                PrefillMs = prefillMs,
+                DecodeMs = watch.Elapsed.TotalMilliseconds,
+                TotalMs = total.Elapsed.TotalMilliseconds + prompt.PreprocessMs,
+            },
+        };
+        yield return new GenerationUpdate(output.Count > 0 ? output[^1] : -1, tail) { Result = result };
+    }
+}

@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using PruneKernel.Checkpoints;
+using PruneKernel.Generation;
+using PruneKernel.Models.Llava;
+using PruneKernel.Runtime;
+using PruneKernel.Text;
+using PruneKernel.Vision;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel;
+
+/// <summary>Where and how to load a model.</summary>
+public sealed record LvlmLoadOptions
+{
+    /// <summary>"cpu" (default), "cuda" or "cuda:N".</summary>
+    public string Device { get; init; } = "cpu";
+
+    /// <summary>
+    /// "f32", "bf16" or "f16". Default: f32 on the CPU (CPU half-precision kernels are slow), the checkpoint's own dtype on CUDA.
+    /// </summary>
+    public string? DType { get; init; }
+}
+
+/// <summary>
+/// A LLaVA-family vision-language model loaded from a local Hugging Face folder: tokenizer, chat template, image
+/// processor and network together. Generation is serialized per instance; dispose to free the weights.
+/// </summary>
+public sealed class Lvlm : IDisposable
+{
+    private readonly LlavaForConditionalGeneration _model;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private bool _disposed;
+
+    private Lvlm(string folder, LlavaConfig config, LlavaForConditionalGeneration model, LlamaTextTokenizer tokenizer,
+        IChatTemplate template, ClipImageProcessor imageProcessor, GenerationDefaults defaults)
+    {
+        ModelFolder = folder;
+        Config = config;
+        _model = model;
+        Tokenizer = tokenizer;
+        ChatTemplate = template;
+        ImageProcessor = imageProcessor;
+        GenerationDefaults = defaults;
+    }
+
+    /// <summary>The folder the model was loaded from.</summary>
+    public string ModelFolder { get; }
+
+    /// <summary>The model's configuration.</summary>
+    public LlavaConfig Config { get; }
+
+    /// <summary>The model's tokenizer.</summary>
+    public LlamaTextTokenizer Tokenizer { get; }
+
+    /// <summary>The chat template that turns messages into prompt text.</summary>
+    public IChatTemplate ChatTemplate { get; }
+
+    /// <summary>The image preprocessing of this checkpoint.</summary>
+    public ClipImageProcessor ImageProcessor { get; }
+
+    /// <summary>generation_config.json's defaults.</summary>
+    public GenerationDefaults GenerationDefaults { get; }
+
+    /// <summary>The device the weights live on.</summary>
+    public string Device => _model.Device.ToString();
+
+    /// <summary>The dtype the weights are held in.</summary>
+    public string DType => _model.DType.ToString();
+
+    internal LlavaForConditionalGeneration Network => _model;
+
+    /// <summary>Loads config, weights (memory-mapped safetensors, one or many shards), tokenizer and processor from a folder.</summary>
+    /// <exception cref="ModelConfigException">config.json is missing, malformed or unsupported.</exception>
+    /// <exception cref="CheckpointFormatException">Weights are missing, malformed or do not match the config.</exception>
+    /// <exception cref="TokenizerException">Tokenizer files are missing or malformed.</exception>
+    public static Lvlm Load(string modelFolder, LvlmLoadOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new LvlmLoadOptions();
+        if (!Directory.Exists(modelFolder))
+        {
+            throw new ModelConfigException($"Model folder '{modelFolder}' does not exist.");
+        }
+
+        var config = LlavaConfig.Load(modelFolder);
+        var device = TorchRuntime.ResolveDevice(options.Device);
+        var dtype = options.DType is { } name ? TorchRuntime.ResolveDType(name)
+            : device.type == DeviceType.CPU || config.TorchDtype is null ? ScalarType.Float32
+            : TorchRuntime.ResolveDType(config.TorchDtype);
+        var tokenizer = LlamaTextTokenizer.Load(modelFolder);
+        var template = ChatTemplates.ForModel(modelFolder);
+        var processorPath = Path.Combine(modelFolder, "preprocessor_config.json");
+        var processor = new ClipImageProcessor(ImageProcessorConfig.Load(processorPath));
+        var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
+
+        using var weights = CheckpointWeights.Open(modelFolder);
+        var model = new LlavaForConditionalGeneration(config, dtype, device);
+        try
+        {
+            LlavaWeightLoader.Load(model, weights, modelFolder, cancellationToken);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+
+        model.eval();
+        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults);
+    }
+
+    /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>
+    public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images, bool addGenerationPrompt = true) =>
+        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images);
+
+    /// <summary>Uses <paramref name="text"/> as is; it must hold one image placeholder (<c>&lt;image&gt;</c>) per image.</summary>
+    /// <exception cref="PruneKernelException">Placeholders and images do not pair up.</exception>
+    public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var watch = Stopwatch.StartNew();
+        var ids = Tokenizer.Encode(text, addSpecialTokens: true);
+        var placeholders = ids.Count(id => id == Config.ImageTokenId);
+        if (placeholders != images.Count)
+        {
+            throw new PruneKernelException(
+                $"The prompt has {placeholders} image placeholder(s) ({ChatTemplate.ImageToken}) but {images.Count} image(s) were given.");
+        }
+
+        var perImage = Config.ImageTokensPerImage;
+        var expanded = new List<int>(ids.Count + (placeholders * (perImage - 1)));
+        foreach (var id in ids)
+        {
+            if (id == Config.ImageTokenId)
+            {
+                expanded.AddRange(Enumerable.Repeat(id, perImage));
+            }
+            else
+            {
+                expanded.Add(id);
+            }
+        }
+
+        var pixels = images.Select(ImageProcessor.Preprocess).ToArray();
+        foreach (var p in pixels)
+        {
+            if (p.Height != Config.Vision.ImageSize || p.Width != Config.Vision.ImageSize)
+            {
+                throw new ModelConfigException(
+                    $"preprocessor_config.json yields {p.Width}x{p.Height} images but the vision tower expects {Config.Vision.ImageSize}x{Config.Vision.ImageSize}.");
+            }
+        }
+
+        return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>Generates a completion for the prompt.</summary>
+    /// <exception cref="ContextLengthExceededException">Prompt plus budget exceed the context.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; generation stops between tokens.</exception>
+    public GenerationResult Generate(LvlmPrompt prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        GenerationResult? result = null;
+        foreach (var update in GenerateStreaming(prompt, options, cancellationToken))
+        {
+            result = update.Result ?? result;
+        }
+
+        return result!;
+    }
+
+    /// <summary>Generates token by token; the last update carries the <see cref="GenerationResult"/>.</summary>
+    public IEnumerable<GenerationUpdate> GenerateStreaming(LvlmPrompt prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _gate.Wait(cancellationToken);
+        try
+        {
+            foreach (var update in LlavaGenerator.Run(_model, Tokenizer, prompt, options ?? new GenerationOptions(), GenerationDefaults, cancellationToken))
+            {
+                yield return update;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>Frees the weights (and GPU memory).</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        _gate.Wait();
+        try
+        {
+            _model.Dispose();
+        }
+        finally
+        {
+            _gate.Release();
+            _gate.Dispose();
+        }
+    }
+}

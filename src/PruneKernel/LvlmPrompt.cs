@@ -1,0 +1,37 @@
+using PruneKernel.Vision;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel;
+
+/// <summary>A tokenized prompt with its preprocessed images, ready for generation.</summary>
+public sealed class LvlmPrompt
+{
+    internal LvlmPrompt(string text, IReadOnlyList<int> inputIds, IReadOnlyList<PixelValues> images, double preprocessMs)
+    {
+        Text = text;
+        InputIds = inputIds;
+        Images = images;
+        PreprocessMs = preprocessMs;
+    }
+
+    /// <summary>The prompt text, with one image placeholder per image.</summary>
+    public string Text { get; }
+
+    /// <summary>Token ids with every image placeholder expanded to the model's image-token count.</summary>
+    public IReadOnlyList<int> InputIds { get; }
+
+    /// <summary>Preprocessed images, in prompt order.</summary>
+    public IReadOnlyList<PixelValues> Images { get; }
+
+    /// <summary>Time spent preprocessing the images.</summary>
+    public double PreprocessMs { get; }
+
+    /// <summary>Stacks the images into one [N, C, H, W] float32 CPU tensor.</summary>
+    internal Tensor PixelTensor()
+    {
+        using var scope = NewDisposeScope();
+        var each = Images.Select(p => torch.tensor(p.Data, [p.Channels, p.Height, p.Width], ScalarType.Float32)).ToArray();
+        return torch.stack(each).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,112 @@
+using PruneKernel.Language;
+using PruneKernel.Vision;
+using TorchSharp;
+using Parameter = TorchSharp.Modules.Parameter;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Models.Llava;
+
+/// <summary>The two-layer MLP that maps vision features into the language model's embedding space.</summary>
+internal sealed class LlavaMultiModalProjector : nn.Module
+{
+    private readonly Func<Tensor, Tensor> _act;
+
+    public LlavaMultiModalProjector(LlavaConfig c, ScalarType dtype, Device device) : base(nameof(LlavaMultiModalProjector))
+    {
+        _act = Activations.Resolve(c.ProjectorHiddenAct, "projector_hidden_act");
+        var inFeatures = c.Vision.HiddenSize * c.VisionFeatureLayers.Count;
+        linear_1 = new Linear(inFeatures, c.Text.HiddenSize, c.ProjectorBias, dtype, device);
+        linear_2 = new Linear(c.Text.HiddenSize, c.Text.HiddenSize, c.ProjectorBias, dtype, device);
+        register_module("linear_1", linear_1);
+        register_module("linear_2", linear_2);
+    }
+
+    public Linear linear_1 { get; }
+
+    public Linear linear_2 { get; }
+
+    public Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return linear_2.forward(_act(linear_1.forward(x))).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// LLaVA: CLIP vision tower, projector, and a LLaMA/Mistral decoder with an LM head. Module and parameter names mirror
+/// the checkpoint's tensor names, so loading is a walk over <see cref="nn.Module.named_parameters"/>.
+/// </summary>
+internal sealed class LlavaForConditionalGeneration : nn.Module
+{
+    public LlavaForConditionalGeneration(LlavaConfig config, ScalarType dtype, Device device) : base(nameof(LlavaForConditionalGeneration))
+    {
+        Config = config;
+        DType = dtype;
+        Device = device;
+        vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, dtype, device);
+        multi_modal_projector = new LlavaMultiModalProjector(config, dtype, device);
+        language_model = new LlamaModel(config.Text, dtype, device);
+        lm_head = new Linear(config.Text.HiddenSize, config.Text.VocabSize, false, dtype, device);
+        register_module("vision_tower", vision_tower);
+        register_module("multi_modal_projector", multi_modal_projector);
+        register_module("language_model", language_model);
+        register_module("lm_head", lm_head);
+    }
+
+    public LlavaConfig Config { get; }
+
+    public ScalarType DType { get; }
+
+    public Device Device { get; }
+
+    public ClipVisionTower vision_tower { get; }
+
+    public LlavaMultiModalProjector multi_modal_projector { get; }
+
+    public LlamaModel language_model { get; }
+
+    public Linear lm_head { get; }
+
+    /// <summary>pixels [N, C, H, W] to image embeddings [N, tokens per image, D] in the decoder's space.</summary>
+    public Tensor EncodeImages(Tensor pixels)
+    {
+        using var scope = NewDisposeScope();
+        var features = vision_tower.forward(pixels.to(DType, Device));
+        if (Config.VisionFeatureSelectStrategy == "default")
+        {
+            features = features.narrow(1, 1, features.shape[1] - 1);
+        }
+
+        return multi_modal_projector.forward(features).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Token embeddings [1, T, D] for ids [1, T], with the image-token positions replaced, in order, by the rows of
+    /// <paramref name="imageEmbeddings"/> ([N, tokens per image, D]).
+    /// </summary>
+    public Tensor EmbedPrompt(Tensor inputIds, Tensor? imageEmbeddings)
+    {
+        using var scope = NewDisposeScope();
+        var ids = inputIds.to(Device);
+        var embeds = language_model.embed_tokens.forward(ids);
+        var isImage = ids.eq(Config.ImageTokenId);
+        var slots = isImage.sum().item<long>();
+        var rows = imageEmbeddings is null ? 0 : imageEmbeddings.shape[0] * imageEmbeddings.shape[1];
+        if (slots != rows)
+        {
+            throw new PruneKernelException(
+                $"The prompt has {slots} image tokens but the images provide {rows} embeddings ({Config.ImageTokensPerImage} per image).");
+        }
+
+        if (imageEmbeddings is not null && rows > 0)
+        {
+            var flat = imageEmbeddings.reshape(-1, embeds.shape[^1]).to(embeds.dtype);
+            embeds = embeds.masked_scatter(isImage.unsqueeze(-1).expand_as(embeds), flat);
+        }
+
+        return embeds.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Logits [B, T, V] for final hidden states [B, T, D].</summary>
+    public Tensor Logits(Tensor hidden) => lm_head.forward(hidden);
+}

@@ -1,0 +1,119 @@
+using PruneKernel.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Models.Llava;
+
+/// <summary>
+/// Fills a <see cref="LlavaForConditionalGeneration"/> from checkpoint tensors by walking its parameter names. Checkpoints
+/// spell the same tensor in several ways: the hub's llava-hf layout (<c>language_model.model.*</c>,
+/// <c>language_model.lm_head.*</c>, <c>vision_tower.vision_model.*</c>), transformers 5's module names
+/// (<c>model.language_model.*</c>, <c>lm_head.*</c>, <c>model.vision_tower.*</c>), and transformers 5.17's saved form
+/// (the hub's language-model names with <c>vision_tower.*</c> lacking <c>vision_model.</c>). Every key is normalised
+/// to our parameter names, so all of them load.
+/// </summary>
+internal static class LlavaWeightLoader
+{
+    private static readonly (string Prefix, string Replacement)[] Spellings =
+    [
+        ("model.language_model.", "language_model."),
+        ("language_model.model.", "language_model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("model.vision_tower.", "vision_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ];
+
+    /// <summary>Our parameter name for a checkpoint key, or null for keys that belong to no known part.</summary>
+    public static string? ParameterName(string checkpointKey)
+    {
+        var name = checkpointKey;
+        foreach (var (prefix, replacement) in Spellings)
+        {
+            if (name.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                name = replacement + name[prefix.Length..];
+                break;
+            }
+        }
+
+        if (name.StartsWith("vision_tower.", StringComparison.Ordinal) && !name.StartsWith("vision_tower.vision_model.", StringComparison.Ordinal))
+        {
+            name = "vision_tower.vision_model." + name["vision_tower.".Length..];
+        }
+
+        return name.StartsWith("language_model.", StringComparison.Ordinal) || name.StartsWith("lm_head.", StringComparison.Ordinal)
+            || name.StartsWith("vision_tower.", StringComparison.Ordinal) || name.StartsWith("multi_modal_projector.", StringComparison.Ordinal)
+            ? name
+            : null;
+    }
+
+    /// <summary>Maps each of our parameter names to the checkpoint key that holds it.</summary>
+    private static Dictionary<string, string> KeysByParameter(CheckpointWeights weights, string folder)
+    {
+        var map = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var key in weights.Names)
+        {
+            // Rotary inverse frequencies are recomputed from config; old checkpoints sometimes stored them.
+            if (key.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal) || key.EndsWith("position_ids", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var name = ParameterName(key)
+                ?? throw new CheckpointFormatException(weights.FileOf(key), "tensor belongs to no part of a LLaVA model (language model, lm_head, vision tower, projector).", key);
+            if (!map.TryAdd(name, key))
+            {
+                throw new CheckpointFormatException(folder, $"tensors '{map[name]}' and '{key}' are two spellings of the same weight.", key);
+            }
+        }
+
+        return map;
+    }
+
+    public static void Load(LlavaForConditionalGeneration model, CheckpointWeights weights, string folder, CancellationToken cancellationToken = default)
+    {
+        var keys = KeysByParameter(weights, folder);
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        var missing = new List<string>();
+        using var noGrad = torch.no_grad();
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (!keys.TryGetValue(name, out var key))
+            {
+                if (name == "lm_head.weight" && model.Config.TieWordEmbeddings)
+                {
+                    parameter.copy_(model.language_model.embed_tokens.weight);
+                    continue;
+                }
+
+                missing.Add(name);
+                continue;
+            }
+
+            used.Add(name);
+            var info = weights.GetInfo(key);
+            if (!info.Shape.SequenceEqual(parameter.shape))
+            {
+                throw new CheckpointFormatException(weights.FileOf(key),
+                    $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", parameter.shape)}] (check config.json).", key);
+            }
+
+            using var source = weights.ReadTensor(key);
+            parameter.copy_(source);
+        }
+
+        if (missing.Count > 0)
+        {
+            throw new CheckpointFormatException(folder,
+                $"{missing.Count} tensor(s) the model needs are missing, e.g. {string.Join(", ", missing.Take(5))}.", missing[0]);
+        }
+
+        var unexpected = keys.Where(kv => !used.Contains(kv.Key)).Select(kv => kv.Value).ToList();
+        if (unexpected.Count > 0)
+        {
+            throw new CheckpointFormatException(weights.FileOf(unexpected[0]),
+                $"{unexpected.Count} tensor(s) do not belong to this model configuration, e.g. {string.Join(", ", unexpected.Take(5))}.", unexpected[0]);
+        }
+    }
+}

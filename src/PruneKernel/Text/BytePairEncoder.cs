@@ -1,0 +1,198 @@
+using System.Globalization;
+using System.Text;
+
+namespace PruneKernel.Text;
+
+/// <summary>
+/// Hugging Face tokenizers' BPE (with byte fallback) over a SentencePiece vocabulary. The merge ranks are rebuilt from
+/// piece scores exactly as transformers converts a Llama <c>tokenizer.model</c>, so results equal transformers' ids
+/// (which differ from the sentencepiece library's own encoder on runs of spaces and repeated characters).
+/// </summary>
+internal sealed class BytePairEncoder
+{
+    private readonly Dictionary<string, int> _vocab;
+    private readonly Dictionary<(int Left, int Right), (int Rank, int Merged)> _merges;
+    private readonly int[] _byteIds = new int[256];
+
+    public BytePairEncoder(IReadOnlyList<Piece> pieces)
+    {
+        _vocab = new Dictionary<string, int>(pieces.Count, StringComparer.Ordinal);
+        for (var id = 0; id < pieces.Count; id++)
+        {
+            _vocab.TryAdd(pieces[id].Text, id);
+        }
+
+        Array.Fill(_byteIds, -1);
+        for (var id = 0; id < pieces.Count; id++)
+        {
+            if (pieces[id].Type == PieceType.Byte && TryParseBytePiece(pieces[id].Text, out var b))
+            {
+                _byteIds[b] = id;
+            }
+        }
+
+        _merges = new Dictionary<(int, int), (int, int)>();
+        var rank = 0;
+        foreach (var (left, right) in DeriveMerges(pieces, _vocab))
+        {
+            var key = (_vocab[left], _vocab[right]);
+            if (_merges.TryAdd(key, (rank, _vocab[left + right])))
+            {
+                rank++;
+            }
+        }
+    }
+
+    public int MergeCount => _merges.Count;
+
+    /// <summary>
+    /// transformers' SentencePieceExtractor: for every piece (in id order), every split into two vocabulary pieces,
+    /// ordered by (left id, right id); then all of them stably sorted by the merged piece's score, highest first.
+    /// </summary>
+    internal static List<(string Left, string Right)> DeriveMerges(IReadOnlyList<Piece> pieces, IReadOnlyDictionary<string, int> vocab)
+    {
+        var merges = new List<(string Left, string Right, float Score)>();
+        var local = new List<(string Left, string Right, float Score)>();
+        for (var id = 0; id < pieces.Count; id++)
+        {
+            var text = pieces[id].Text;
+            local.Clear();
+            for (var i = 1; i < text.Length; i++)
+            {
+                if (char.IsLowSurrogate(text[i]))
+                {
+                    continue; // splits fall between code points, as Python's string slicing does
+                }
+
+                var left = text[..i];
+                var right = text[i..];
+                if (vocab.ContainsKey(left) && vocab.ContainsKey(right))
+                {
+                    local.Add((left, right, pieces[id].Score));
+                }
+            }
+
+            merges.AddRange(local.OrderBy(m => vocab[m.Left]).ThenBy(m => vocab[m.Right]));
+        }
+
+        return merges.OrderByDescending(m => m.Score).Select(m => (m.Left, m.Right)).ToList();
+    }
+
+    /// <summary>Encodes one pre-tokenized word (spaces already replaced by '▁').</summary>
+    public void Encode(string word, List<int> output)
+    {
+        if (word.Length == 0)
+        {
+            return;
+        }
+
+        var symbols = new List<int>(word.Length);
+        var utf8 = new byte[4];
+        foreach (var rune in word.EnumerateRunes())
+        {
+            if (_vocab.TryGetValue(rune.ToString(), out var id))
+            {
+                symbols.Add(id);
+                continue;
+            }
+
+            var count = rune.EncodeToUtf8(utf8);
+            for (var i = 0; i < count; i++)
+            {
+                symbols.Add(_byteIds[utf8[i]] >= 0 ? _byteIds[utf8[i]] : 0);
+            }
+        }
+
+        MergeAll(symbols);
+        output.AddRange(symbols);
+    }
+
+    /// <summary>Repeatedly merges the adjacent pair of lowest rank, leftmost first, until no pair has a merge.</summary>
+    private void MergeAll(List<int> symbols)
+    {
+        var n = symbols.Count;
+        if (n < 2)
+        {
+            return;
+        }
+
+        var ids = symbols.ToArray();
+        var next = new int[n];
+        var prev = new int[n];
+        var alive = new bool[n];
+        for (var i = 0; i < n; i++)
+        {
+            next[i] = i + 1 < n ? i + 1 : -1;
+            prev[i] = i - 1;
+            alive[i] = true;
+        }
+
+        var queue = new PriorityQueue<(int Left, int LeftId, int RightId), (int Rank, int Position)>();
+        void Offer(int left)
+        {
+            var right = next[left];
+            if (right >= 0 && _merges.TryGetValue((ids[left], ids[right]), out var merge))
+            {
+                queue.Enqueue((left, ids[left], ids[right]), (merge.Rank, left));
+            }
+        }
+
+        for (var i = 0; i + 1 < n; i++)
+        {
+            Offer(i);
+        }
+
+        while (queue.TryDequeue(out var pair, out _))
+        {
+            var left = pair.Left;
+            var right = next[left];
+            // Skip entries made stale by an earlier merge of either symbol.
+            if (!alive[left] || right < 0 || ids[left] != pair.LeftId || ids[right] != pair.RightId)
+            {
+                continue;
+            }
+
+            ids[left] = _merges[(pair.LeftId, pair.RightId)].Merged;
+            alive[right] = false;
+            next[left] = next[right];
+            if (next[right] >= 0)
+            {
+                prev[next[right]] = left;
+            }
+
+            if (prev[left] >= 0)
+            {
+                Offer(prev[left]);
+            }
+
+            Offer(left);
+        }
+
+        symbols.Clear();
+        for (var i = 0; i >= 0; i = next[i])
+        {
+            symbols.Add(ids[i]);
+        }
+    }
+
+    /// <summary>Reads the byte of a byte-fallback piece such as <c>&lt;0x0A&gt;</c>.</summary>
+    public static bool TryParseBytePiece(string piece, out byte value)
+    {
+        value = 0;
+        return piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
+            && byte.TryParse(piece.AsSpan(3, 2), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out value);
+    }
+
+    internal static string DecodeBytes(List<byte> bytes)
+    {
+        try
+        {
+            return new UTF8Encoding(false, true).GetString(bytes.ToArray());
+        }
+        catch (DecoderFallbackException)
+        {
+            // Hugging Face's ByteFallback decoder turns an undecodable run into one replacement character per byte.
+            return new string('\uFFFD', bytes.Count);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+namespace PruneKernel.Text;
+
+/// <summary>Who says a message.</summary>
+public enum PromptRole
+{
+    /// <summary>Instructions for the assistant.</summary>
+    System,
+
+    /// <summary>The person asking.</summary>
+    User,
+
+    /// <summary>The model.</summary>
+    Assistant,
+}
+
+/// <summary>A part of a message: text, or the place of an image.</summary>
+public abstract record PromptPart;
+
+/// <summary>Text in a message.</summary>
+/// <param name="Text">The text.</param>
+public sealed record TextPart(string Text) : PromptPart;
+
+/// <summary>The place of one image in a message; images are supplied separately, in order of appearance.</summary>
+public sealed record ImagePart : PromptPart;
+
+/// <summary>One chat message as the template sees it.</summary>
+/// <param name="Role">Who says it.</param>
+/// <param name="Parts">Its text and image parts, in order.</param>
+public sealed record PromptMessage(PromptRole Role, IReadOnlyList<PromptPart> Parts)
+{
+    /// <summary>A user message with <paramref name="imageCount"/> images before its text (LLaVA's usual layout).</summary>
+    public static PromptMessage User(string text, int imageCount = 0) =>
+        new(PromptRole.User, [.. Enumerable.Range(0, imageCount).Select(_ => (PromptPart)new ImagePart()), new TextPart(text)]);
+
+    /// <summary>A system message.</summary>
+    public static PromptMessage System(string text) => new(PromptRole.System, [new TextPart(text)]);
+
+    /// <summary>An assistant message.</summary>
+    public static PromptMessage Assistant(string text) => new(PromptRole.Assistant, [new TextPart(text)]);
+
+    /// <summary>Number of image parts.</summary>
+    public int ImageCount => Parts.Count(p => p is ImagePart);
+}
+
+/// <summary>Turns messages into the prompt text a model was trained on.</summary>
+public interface IChatTemplate
+{
+    /// <summary>The placeholder that marks where an image's tokens go.</summary>
+    string ImageToken { get; }
+
+    /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> it ends where the assistant's answer starts.</summary>
+    string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt);
+}
+
+/// <summary>
+/// LLaVA-1.5's template (llava-hf): "USER: " / "ASSISTANT: " prefixes (none for system), a message's images first as
+/// "&lt;image&gt;\n", then each text followed by a space, and "ASSISTANT:" as the generation prompt.
+/// </summary>
+public sealed class Llava15ChatTemplate : IChatTemplate
+{
+    /// <summary>The shared instance.</summary>
+    public static Llava15ChatTemplate Instance { get; } = new();
+
+    /// <inheritdoc />
+    public string ImageToken => "<image>";
+
+    /// <inheritdoc />
+    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
+    {
+        var text = new System.Text.StringBuilder();
+        foreach (var message in messages)
+        {
+            text.Append(message.Role switch
+            {
+                PromptRole.User => "USER: ",
+                PromptRole.Assistant => "ASSISTANT: ",
+                _ => string.Empty,
+            });
+            foreach (var _ in message.Parts.OfType<ImagePart>())
+            {
+                text.Append(ImageToken).Append('\n');
+            }
+
+            foreach (var part in message.Parts.OfType<TextPart>())
+            {
+                text.Append(part.Text).Append(' ');
+            }
+        }
+
+        if (addGenerationPrompt)
+        {
+            text.Append("ASSISTANT:");
+        }
+
+        return text.ToString();
+    }
+}
+
+/// <summary>Finds the chat template of a model folder.</summary>
+public static class ChatTemplates
+{
+    /// <summary>
+    /// The LLaVA-1.5 template when the folder has no template or one in that style (chat_template.json / .jinja);
+    /// PruneKernel has no Jinja engine, so any other template is refused rather than rendered wrongly.
+    /// </summary>
+    /// <exception cref="TokenizerException">The folder's template is of another family.</exception>
+    public static IChatTemplate ForModel(string modelFolder)
+    {
+        string? source = null;
+        foreach (var name in new[] { "chat_template.jinja", "chat_template.json" })
+        {
+            var path = Path.Combine(modelFolder, name);
+            if (File.Exists(path))
+            {
+                source = File.ReadAllText(path);
+                break;
+            }
+        }
+
+        if (source is null || (source.Contains("ASSISTANT:", StringComparison.Ordinal) && source.Contains("upper()", StringComparison.Ordinal)))
+        {
+            return Llava15ChatTemplate.Instance;
+        }
+
+        throw new TokenizerException($"{modelFolder}: unsupported chat template (only the LLaVA-1.5 USER:/ASSISTANT: style is implemented).");
+    }
+}

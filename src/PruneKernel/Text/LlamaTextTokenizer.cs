@@ -1,0 +1,332 @@
+using System.Text;
+using System.Text.Json.Nodes;
+
+namespace PruneKernel.Text;
+
+/// <summary>
+/// The Llama / LLaVA tokenizer as Hugging Face transformers runs it (tokenizers backend, legacy=False): added tokens
+/// such as <c>&lt;image&gt;</c> are matched literally, the text between them is Metaspace-escaped (a '▁' is prepended
+/// only at the very start), encoded with BPE over the SentencePiece vocabulary, and decoded back with byte fallback.
+/// </summary>
+public sealed class LlamaTextTokenizer
+{
+    private const char Metaspace = '\u2581';
+
+    private readonly BytePairEncoder _bpe;
+    private readonly string[] _idToToken;
+    private readonly Dictionary<string, int> _tokenToId;
+    private readonly HashSet<int> _special;
+    private readonly string[] _addedByLength;
+    private readonly int[] _byteValue;
+
+    private LlamaTextTokenizer(IReadOnlyList<Piece> pieces, IReadOnlyList<(string Content, int Id, bool Special)> added, int bos, int eos, int? pad)
+    {
+        _bpe = new BytePairEncoder(pieces);
+        var size = Math.Max(pieces.Count, added.Count == 0 ? 0 : added.Max(a => a.Id) + 1);
+        _idToToken = new string[size];
+        _tokenToId = new Dictionary<string, int>(StringComparer.Ordinal);
+        _special = [];
+        for (var id = 0; id < pieces.Count; id++)
+        {
+            _idToToken[id] = pieces[id].Text;
+            _tokenToId.TryAdd(pieces[id].Text, id);
+            if (pieces[id].Type is PieceType.Control or PieceType.Unknown)
+            {
+                _special.Add(id);
+            }
+        }
+
+        _byteValue = new int[size];
+        Array.Fill(_byteValue, -1);
+        for (var id = 0; id < pieces.Count; id++)
+        {
+            if (pieces[id].Type == PieceType.Byte && BytePairEncoder.TryParseBytePiece(pieces[id].Text, out var value))
+            {
+                _byteValue[id] = value;
+            }
+        }
+
+        var matchable = pieces.Where(p => p.Type is PieceType.Control or PieceType.Unknown).Select(p => p.Text).ToList();
+        foreach (var (content, id, special) in added)
+        {
+            _idToToken[id] = content;
+            _tokenToId[content] = id;
+            if (special)
+            {
+                _special.Add(id);
+            }
+
+            matchable.Add(content);
+        }
+
+        // Longest first, so that at one position the longest added token wins (leftmost-longest matching).
+        _addedByLength = matchable.Distinct(StringComparer.Ordinal).Where(s => s.Length > 0).OrderByDescending(s => s.Length).ToArray();
+        BosTokenId = bos;
+        EosTokenId = eos;
+        PadTokenId = pad;
+    }
+
+    /// <summary>Beginning-of-sequence id (prepended by <see cref="Encode"/>).</summary>
+    public int BosTokenId { get; }
+
+    /// <summary>End-of-sequence id.</summary>
+    public int EosTokenId { get; }
+
+    /// <summary>Padding id, if the tokenizer defines one.</summary>
+    public int? PadTokenId { get; }
+
+    /// <summary>Number of ids (vocabulary plus added tokens).</summary>
+    public int Count => _idToToken.Length;
+
+    /// <summary>
+    /// Loads <c>tokenizer.model</c> from a model folder, with added tokens from <c>tokenizer.json</c>,
+    /// <c>tokenizer_config.json</c> (added_tokens_decoder) and <c>added_tokens.json</c>, whichever exist.
+    /// </summary>
+    /// <exception cref="TokenizerException">tokenizer.model is missing or malformed, or a JSON file is malformed.</exception>
+    public static LlamaTextTokenizer Load(string modelFolder)
+    {
+        var modelPath = Path.Combine(modelFolder, "tokenizer.model");
+        if (!File.Exists(modelPath))
+        {
+            throw new TokenizerException($"{modelPath}: not found (PruneKernel needs the SentencePiece tokenizer.model).");
+        }
+
+        var pieces = SentencePieceModel.ReadPieces(modelPath);
+        var added = new Dictionary<int, (string Content, bool Special)>();
+        var config = ReadJson(Path.Combine(modelFolder, "tokenizer_config.json"));
+        if (ReadJson(Path.Combine(modelFolder, "tokenizer.json"))?["added_tokens"] is JsonArray list)
+        {
+            foreach (var token in list.OfType<JsonObject>())
+            {
+                if (token["id"]?.GetValue<int>() is int id && token["content"]?.GetValue<string>() is string content)
+                {
+                    added[id] = (content, token["special"]?.GetValue<bool>() ?? false);
+                }
+            }
+        }
+
+        if (config?["added_tokens_decoder"] is JsonObject decoder)
+        {
+            foreach (var (key, value) in decoder)
+            {
+                if (int.TryParse(key, out var id) && value?["content"]?.GetValue<string>() is string content)
+                {
+                    added.TryAdd(id, (content, value["special"]?.GetValue<bool>() ?? false));
+                }
+            }
+        }
+
+        if (ReadJson(Path.Combine(modelFolder, "added_tokens.json")) is JsonObject addedFile)
+        {
+            foreach (var (content, value) in addedFile)
+            {
+                // added_tokens.json carries no "special" flag; LLaVA's added tokens (<image>, <pad>) are bracketed specials.
+                if (value?.GetValue<int>() is int id)
+                {
+                    added.TryAdd(id, (content, content.StartsWith('<') && content.EndsWith('>')));
+                }
+            }
+        }
+
+        var addedTokens = added
+            .Where(kv => kv.Key >= pieces.Count || pieces[kv.Key].Text != kv.Value.Content)
+            .Select(kv => (kv.Value.Content, kv.Key, kv.Value.Special))
+            .ToList();
+        int? Lookup(string? token)
+        {
+            foreach (var (id, value) in added)
+            {
+                if (value.Content == token)
+                {
+                    return id;
+                }
+            }
+
+            for (var id = 0; id < pieces.Count; id++)
+            {
+                if (pieces[id].Text == token)
+                {
+                    return id;
+                }
+            }
+
+            return null;
+        }
+
+        return new LlamaTextTokenizer(
+            pieces,
+            addedTokens,
+            bos: Lookup(TokenName(config?["bos_token"])) ?? 1,
+            eos: Lookup(TokenName(config?["eos_token"])) ?? 2,
+            pad: Lookup(TokenName(config?["pad_token"]) ?? "<pad>"));
+    }
+
+    private static JsonNode? ReadJson(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path));
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or IOException or UnauthorizedAccessException)
+        {
+            throw new TokenizerException($"{path}: cannot read ({e.Message}).", e);
+        }
+    }
+
+    private static string? TokenName(JsonNode? node) => node switch
+    {
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        JsonObject o => o["content"]?.GetValue<string>(),
+        _ => null,
+    };
+
+    /// <summary>The id of a token (vocabulary piece or added token), if it exists.</summary>
+    public int? TokenToId(string token) => _tokenToId.TryGetValue(token, out var id) ? id : null;
+
+    /// <summary>The text of an id, if it exists.</summary>
+    public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
+
+    /// <summary>Whether the id is a special token (BOS, EOS, UNK, or an added special such as <c>&lt;image&gt;</c>).</summary>
+    public bool IsSpecial(int id) => _special.Contains(id);
+
+    /// <summary>Token ids of <paramref name="text"/>, with BOS first when <paramref name="addSpecialTokens"/> is set.</summary>
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addSpecialTokens)
+        {
+            ids.Add(BosTokenId);
+        }
+
+        var position = 0;
+        while (position <= text.Length)
+        {
+            var (at, token) = NextAddedToken(text, position);
+            var end = at < 0 ? text.Length : at;
+            if (end > position)
+            {
+                var segment = text[position..end].Replace(' ', Metaspace);
+                // Metaspace(prepend_scheme="first"): only text at offset 0 gets the dummy prefix.
+                if (position == 0 && segment[0] != Metaspace)
+                {
+                    segment = Metaspace + segment;
+                }
+
+                _bpe.Encode(segment, ids);
+            }
+
+            if (at < 0)
+            {
+                break;
+            }
+
+            ids.Add(_tokenToId[token!]);
+            position = at + token!.Length;
+        }
+
+        return ids;
+    }
+
+    private (int At, string? Token) NextAddedToken(string text, int from)
+    {
+        var best = -1;
+        string? bestToken = null;
+        foreach (var token in _addedByLength)
+        {
+            var at = text.IndexOf(token, from, StringComparison.Ordinal);
+            if (at >= 0 && (best < 0 || at < best))
+            {
+                best = at;
+                bestToken = token;
+            }
+        }
+
+        return (best, bestToken);
+    }
+
+    /// <summary>Text of the ids: '▁' becomes a space, byte pieces are reassembled as UTF-8, one leading space is dropped.</summary>
+    public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true)
+    {
+        var text = new StringBuilder();
+        var bytes = new List<byte>();
+        foreach (var id in ids)
+        {
+            if ((skipSpecialTokens && _special.Contains(id)) || IdToToken(id) is not string piece)
+            {
+                continue;
+            }
+
+            if (_byteValue[id] >= 0)
+            {
+                bytes.Add((byte)_byteValue[id]);
+                continue;
+            }
+
+            if (bytes.Count > 0)
+            {
+                text.Append(BytePairEncoder.DecodeBytes(bytes));
+                bytes.Clear();
+            }
+
+            text.Append(piece.Replace(Metaspace, ' '));
+        }
+
+        if (bytes.Count > 0)
+        {
+            text.Append(BytePairEncoder.DecodeBytes(bytes));
+        }
+
+        return text.Length > 0 && text[0] == ' ' ? text.ToString(1, text.Length - 1) : text.ToString();
+    }
+
+    /// <summary>A decoder that turns ids into text incrementally, for streaming.</summary>
+    public TokenStreamDecoder CreateStreamDecoder() => new(this);
+}
+
+/// <summary>
+/// Incremental decoding: each <see cref="Append"/> returns only text that is final, holding back an incomplete
+/// UTF-8 sequence split over byte-fallback tokens. Concatenated output (after <see cref="Flush"/>) equals
+/// <see cref="LlamaTextTokenizer.Decode"/> of all ids.
+/// </summary>
+public sealed class TokenStreamDecoder
+{
+    private readonly LlamaTextTokenizer _tokenizer;
+    private readonly List<int> _ids = [];
+    private int _emitted;
+
+    internal TokenStreamDecoder(LlamaTextTokenizer tokenizer) => _tokenizer = tokenizer;
+
+    /// <summary>Adds one id; returns the text that became final (possibly empty).</summary>
+    public string Append(int id)
+    {
+        _ids.Add(id);
+        var text = _tokenizer.Decode(_ids);
+        if (text.Length > 0 && text[^1] == '\uFFFD')
+        {
+            return string.Empty;
+        }
+
+        return Take(text);
+    }
+
+    /// <summary>Returns whatever is still held back.</summary>
+    public string Flush() => Take(_tokenizer.Decode(_ids));
+
+    private string Take(string text)
+    {
+        if (text.Length <= _emitted)
+        {
+            return string.Empty;
+        }
+
+        var piece = text[_emitted..];
+        _emitted = text.Length;
+        return piece;
+    }
+}

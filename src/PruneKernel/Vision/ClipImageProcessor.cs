@@ -1,0 +1,281 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PruneKernel.Models.Llava;
+
+namespace PruneKernel.Vision;
+
+/// <summary>Preprocessed pixels in CHW order, ready for the vision tower.</summary>
+/// <param name="Data">Channel-major float values.</param>
+/// <param name="Channels">Channel count (3).</param>
+/// <param name="Height">Rows.</param>
+/// <param name="Width">Columns.</param>
+public sealed record PixelValues(float[] Data, int Channels, int Height, int Width);
+
+/// <summary>A checkpoint's <c>preprocessor_config.json</c>, with CLIPImageProcessor's defaults.</summary>
+public sealed record ImageProcessorConfig
+{
+    /// <summary>Resize before cropping.</summary>
+    public bool DoResize { get; init; } = true;
+
+    /// <summary>Target of the shortest edge when resizing by aspect ratio.</summary>
+    public int? ShortestEdge { get; init; } = 224;
+
+    /// <summary>Exact target size (height, width) when the config gives one instead of a shortest edge.</summary>
+    public (int Height, int Width)? ResizeTo { get; init; }
+
+    /// <summary>PIL resample filter code (3 = bicubic, 2 = bilinear).</summary>
+    public int Resample { get; init; } = 3;
+
+    /// <summary>Crop the centre after resizing.</summary>
+    public bool DoCenterCrop { get; init; } = true;
+
+    /// <summary>Crop height.</summary>
+    public int CropHeight { get; init; } = 224;
+
+    /// <summary>Crop width.</summary>
+    public int CropWidth { get; init; } = 224;
+
+    /// <summary>Multiply by <see cref="RescaleFactor"/>.</summary>
+    public bool DoRescale { get; init; } = true;
+
+    /// <summary>Usually 1/255.</summary>
+    public double RescaleFactor { get; init; } = 1.0 / 255;
+
+    /// <summary>Subtract the mean and divide by the standard deviation.</summary>
+    public bool DoNormalize { get; init; } = true;
+
+    /// <summary>Per-channel mean.</summary>
+    public IReadOnlyList<float> ImageMean { get; init; } = [0.48145466f, 0.4578275f, 0.40821073f];
+
+    /// <summary>Per-channel standard deviation.</summary>
+    public IReadOnlyList<float> ImageStd { get; init; } = [0.26862954f, 0.26130258f, 0.27577711f];
+
+    /// <summary>Flatten transparency onto white, as transformers' convert_to_rgb does.</summary>
+    public bool DoConvertRgb { get; init; } = true;
+
+    /// <summary>LLaVA-1.5's "pad" aspect mode: paste onto a mean-coloured square first (drops transparency, as the original does).</summary>
+    public bool PadToSquare { get; init; }
+
+    /// <summary>Reads a preprocessor_config.json file.</summary>
+    /// <exception cref="ModelConfigException">The file is missing, malformed, or has values of the wrong type.</exception>
+    public static ImageProcessorConfig Load(string path)
+    {
+        JsonObject json;
+        try
+        {
+            json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
+        {
+            throw new ModelConfigException($"{path}: cannot read the image processor configuration ({e.Message}).", e);
+        }
+
+        var r = new ConfigReader(json, path);
+        var defaults = new ImageProcessorConfig();
+        int? shortest = defaults.ShortestEdge;
+        (int, int)? exact = null;
+        switch (json["size"])
+        {
+            case null:
+                break;
+            case JsonObject size when size["shortest_edge"] is not null:
+                shortest = ConfigReader.AsInt(size["shortest_edge"], "size.shortest_edge", path);
+                break;
+            case JsonObject size:
+                exact = (ConfigReader.AsInt(size["height"], "size.height", path), ConfigReader.AsInt(size["width"], "size.width", path));
+                shortest = null;
+                break;
+            case var n:
+                shortest = ConfigReader.AsInt(n, "size", path);
+                break;
+        }
+
+        var (cropH, cropW) = json["crop_size"] switch
+        {
+            null => (defaults.CropHeight, defaults.CropWidth),
+            JsonObject crop => (ConfigReader.AsInt(crop["height"], "crop_size.height", path), ConfigReader.AsInt(crop["width"], "crop_size.width", path)),
+            var n => (ConfigReader.AsInt(n, "crop_size", path), ConfigReader.AsInt(n, "crop_size", path)),
+        };
+        var config = new ImageProcessorConfig
+        {
+            DoResize = r.Bool("do_resize", true),
+            ShortestEdge = shortest,
+            ResizeTo = exact,
+            Resample = r.Int("resample", 3),
+            DoCenterCrop = r.Bool("do_center_crop", true),
+            CropHeight = cropH,
+            CropWidth = cropW,
+            DoRescale = r.Bool("do_rescale", true),
+            RescaleFactor = r.Double("rescale_factor", 1.0 / 255),
+            DoNormalize = r.Bool("do_normalize", true),
+            ImageMean = Triple(json["image_mean"], "image_mean", path) ?? defaults.ImageMean,
+            ImageStd = Triple(json["image_std"], "image_std", path) ?? defaults.ImageStd,
+            DoConvertRgb = r.Bool("do_convert_rgb", true),
+            PadToSquare = r.Bool("do_pad", false) || r.OptionalString("image_aspect_ratio") == "pad",
+        };
+        return config.Validate(path);
+    }
+
+    private ImageProcessorConfig Validate(string source)
+    {
+        if (Resample is not (2 or 3))
+        {
+            throw new ModelConfigException($"{source}: resample {Resample} is not supported (2 = bilinear, 3 = bicubic).");
+        }
+
+        if (ShortestEdge is <= 0 || ResizeTo is { Height: <= 0 } or { Width: <= 0 } || CropHeight <= 0 || CropWidth <= 0)
+        {
+            throw new ModelConfigException($"{source}: sizes must be positive.");
+        }
+
+        if (ImageStd.Any(s => s == 0))
+        {
+            throw new ModelConfigException($"{source}: image_std must not contain zero.");
+        }
+
+        return this;
+    }
+
+    private static float[]? Triple(JsonNode? node, string key, string source) => node switch
+    {
+        null => null,
+        JsonArray a when a.Count == 3 => a.Select(v => v is JsonValue value && value.TryGetValue<double>(out var d)
+            ? (float)d
+            : throw new ModelConfigException($"{source}: '{key}' must hold numbers.")).ToArray(),
+        _ => throw new ModelConfigException($"{source}: '{key}' must be a list of 3 numbers."),
+    };
+}
+
+/// <summary>
+/// CLIP image preprocessing as transformers' CLIPImageProcessor does it: flatten to RGB, resize (shortest edge, Pillow's
+/// antialiased bicubic in 8-bit fixed point), centre crop, rescale, normalise. Optionally LLaVA's pad-to-square first.
+/// </summary>
+public sealed class ClipImageProcessor(ImageProcessorConfig config)
+{
+    /// <summary>The configuration in use.</summary>
+    public ImageProcessorConfig Config { get; } = config;
+
+    /// <summary>Preprocesses one image. The image is not modified.</summary>
+    public PixelValues Preprocess(RgbImage image)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        int width = image.Width, height = image.Height;
+        var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height)
+            : Config.DoConvertRgb ? FlattenOnWhite(image)
+            : image.Rgb.ToArray();
+
+        if (Config.DoResize)
+        {
+            var (newH, newW) = Config.ResizeTo ?? OutputSize(height, width, Config.ShortestEdge!.Value);
+            rgb = Resampler.Resize(rgb, width, height, newW, newH, Config.Resample);
+            (width, height) = (newW, newH);
+        }
+
+        var (top, left, outH, outW) = (0, 0, height, width);
+        if (Config.DoCenterCrop)
+        {
+            (outH, outW) = (Config.CropHeight, Config.CropWidth);
+            // torchvision's center_crop: Python's round(), which rounds halves to even.
+            top = (int)Math.Round((height - outH) / 2.0, MidpointRounding.ToEven);
+            left = (int)Math.Round((width - outW) / 2.0, MidpointRounding.ToEven);
+        }
+
+        var scale = Config.DoRescale ? Config.RescaleFactor : 1.0;
+        var data = new float[3 * outH * outW];
+        for (var c = 0; c < 3; c++)
+        {
+            var mean = Config.DoNormalize ? Config.ImageMean[c] : 0f;
+            var std = Config.DoNormalize ? Config.ImageStd[c] : 1f;
+            for (var y = 0; y < outH; y++)
+            {
+                var sy = y + top;
+                for (var x = 0; x < outW; x++)
+                {
+                    var sx = x + left;
+                    // Crops larger than the image pad with zeros, as torchvision does.
+                    var v = sy < 0 || sy >= height || sx < 0 || sx >= width ? 0f : rgb[(((sy * width) + sx) * 3) + c];
+                    data[(((c * outH) + y) * outW) + x] = (float)(((v * scale) - mean) / std);
+                }
+            }
+        }
+
+        return new PixelValues(data, 3, outH, outW);
+    }
+
+    /// <summary>transformers' get_resize_output_image_size for a shortest-edge target (the long side truncated).</summary>
+    internal static (int Height, int Width) OutputSize(int height, int width, int shortestEdge)
+    {
+        var (shortSide, longSide) = width <= height ? (width, height) : (height, width);
+        var newLong = (int)((long)shortestEdge * longSide / shortSide);
+        return width <= height ? (newLong, shortestEdge) : (shortestEdge, newLong);
+    }
+
+    /// <summary>transformers' convert_to_rgb: alpha-composite over opaque white with Pillow's 8-bit arithmetic.</summary>
+    private static byte[] FlattenOnWhite(RgbImage image)
+    {
+        var rgb = image.Rgb.ToArray();
+        if (image.Alpha is not { } alphaMemory)
+        {
+            return rgb;
+        }
+
+        var alpha = alphaMemory.Span;
+        for (var i = 0; i < alpha.Length; i++)
+        {
+            int a = alpha[i];
+            if (a == 255)
+            {
+                continue;
+            }
+
+            for (var c = 0; c < 3; c++)
+            {
+                var index = (i * 3) + c;
+                if (a == 0)
+                {
+                    rgb[index] = 255;
+                    continue;
+                }
+
+                // Pillow's ImagingAlphaComposite with an opaque white destination (7 fractional bits, divide by 255 by shifts).
+                var coef1 = a * 128;
+                var coef2 = (255 - a) * 128;
+                var tmp = (rgb[index] * coef1) + (255 * coef2) + (0x80 << 7);
+                rgb[index] = (byte)((((tmp >> 8) + tmp) >> 8) >> 7);
+            }
+        }
+
+        return rgb;
+    }
+
+    /// <summary>LLaVA-1.5's expand2square: centre the image on a square filled with the mean colour (alpha dropped).</summary>
+    private byte[] PadToSquare(RgbImage image, out int width, out int height)
+    {
+        var source = image.Rgb.Span;
+        int w = image.Width, h = image.Height;
+        if (w == h)
+        {
+            (width, height) = (w, h);
+            return source.ToArray();
+        }
+
+        var side = Math.Max(w, h);
+        var square = new byte[side * side * 3];
+        for (var i = 0; i < side * side; i++)
+        {
+            for (var c = 0; c < 3; c++)
+            {
+                square[(i * 3) + c] = (byte)(int)(Config.ImageMean[c] * 255);
+            }
+        }
+
+        int offX = (side - w) / 2, offY = (side - h) / 2;
+        for (var y = 0; y < h; y++)
+        {
+            source.Slice(y * w * 3, w * 3).CopyTo(square.AsSpan((((y + offY) * side) + offX) * 3));
+        }
+
+        (width, height) = (side, side);
+        return square;
+    }
+}
