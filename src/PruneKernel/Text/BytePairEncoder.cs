@@ -14,7 +14,9 @@ internal sealed class BytePairEncoder
     private readonly Dictionary<(int Left, int Right), (int Rank, int Merged)> _merges;
     private readonly int[] _byteIds = new int[256];
 
-    public BytePairEncoder(IReadOnlyList<Piece> pieces)
+    /// <param name="pieces">The SentencePiece vocabulary.</param>
+    /// <param name="merges">Merges in rank order from tokenizer.json, or null to rebuild them from the vocabulary.</param>
+    public BytePairEncoder(IReadOnlyList<Piece> pieces, IReadOnlyList<(string Left, string Right)>? merges = null)
     {
         _vocab = new Dictionary<string, int>(pieces.Count, StringComparer.Ordinal);
         for (var id = 0; id < pieces.Count; id++)
@@ -33,10 +35,14 @@ internal sealed class BytePairEncoder
 
         _merges = new Dictionary<(int, int), (int, int)>();
         var rank = 0;
-        foreach (var (left, right) in DeriveMerges(pieces, _vocab))
+        foreach (var (left, right) in merges ?? DeriveMerges(pieces, _vocab))
         {
-            var key = (_vocab[left], _vocab[right]);
-            if (_merges.TryAdd(key, (rank, _vocab[left + right])))
+            if (!_vocab.TryGetValue(left, out var l) || !_vocab.TryGetValue(right, out var r) || !_vocab.TryGetValue(left + right, out var merged))
+            {
+                throw new TokenizerException($"merge '{left}' + '{right}' refers to pieces outside the vocabulary.");
+            }
+
+            if (_merges.TryAdd((l, r), (rank, merged)))
             {
                 rank++;
             }
@@ -46,13 +52,16 @@ internal sealed class BytePairEncoder
     public int MergeCount => _merges.Count;
 
     /// <summary>
-    /// transformers' SentencePieceExtractor: for every piece (in id order), every split into two vocabulary pieces,
-    /// ordered by (left id, right id); then all of them stably sorted by the merged piece's score, highest first.
+    /// transformers 5's SentencePieceExtractor: for every piece in id order (which is the model's score order, except that
+    /// Llama gives whitespace runs such as "▁▁" a sentinel score while keeping them at low ids), every split into two
+    /// vocabulary pieces, ordered by (left id, right id). The merge rank is the position in that list. transformers orders
+    /// the splits of one piece by a hash map's iteration, so where tokenizer.json exists its merges are used instead; the
+    /// order inside one piece's splits matters only for overlapping alternatives such as "a"+"aa" versus "aa"+"a".
     /// </summary>
     internal static List<(string Left, string Right)> DeriveMerges(IReadOnlyList<Piece> pieces, IReadOnlyDictionary<string, int> vocab)
     {
-        var merges = new List<(string Left, string Right, float Score)>();
-        var local = new List<(string Left, string Right, float Score)>();
+        var merges = new List<(string Left, string Right)>();
+        var local = new List<(string Left, string Right)>();
         for (var id = 0; id < pieces.Count; id++)
         {
             var text = pieces[id].Text;
@@ -68,14 +77,14 @@ internal sealed class BytePairEncoder
                 var right = text[i..];
                 if (vocab.ContainsKey(left) && vocab.ContainsKey(right))
                 {
-                    local.Add((left, right, pieces[id].Score));
+                    local.Add((left, right));
                 }
             }
 
             merges.AddRange(local.OrderBy(m => vocab[m.Left]).ThenBy(m => vocab[m.Right]));
         }
 
-        return merges.OrderByDescending(m => m.Score).Select(m => (m.Left, m.Right)).ToList();
+        return merges;
     }
 
     /// <summary>Encodes one pre-tokenized word (spaces already replaced by '▁').</summary>

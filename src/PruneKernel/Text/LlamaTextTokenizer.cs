@@ -19,9 +19,15 @@ public sealed class LlamaTextTokenizer
     private readonly string[] _addedByLength;
     private readonly int[] _byteValue;
 
-    private LlamaTextTokenizer(IReadOnlyList<Piece> pieces, IReadOnlyList<(string Content, int Id, bool Special)> added, int bos, int eos, int? pad)
+    private LlamaTextTokenizer(
+        IReadOnlyList<Piece> pieces,
+        IReadOnlyList<(string Left, string Right)>? merges,
+        IReadOnlyList<(string Content, int Id, bool Special)> added,
+        int bos,
+        int eos,
+        int? pad)
     {
-        _bpe = new BytePairEncoder(pieces);
+        _bpe = new BytePairEncoder(pieces, merges);
         var size = Math.Max(pieces.Count, added.Count == 0 ? 0 : added.Max(a => a.Id) + 1);
         _idToToken = new string[size];
         _tokenToId = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -94,7 +100,9 @@ public sealed class LlamaTextTokenizer
         var pieces = SentencePieceModel.ReadPieces(modelPath);
         var added = new Dictionary<int, (string Content, bool Special)>();
         var config = ReadJson(Path.Combine(modelFolder, "tokenizer_config.json"));
-        if (ReadJson(Path.Combine(modelFolder, "tokenizer.json"))?["added_tokens"] is JsonArray list)
+        var tokenizerJson = ReadJson(Path.Combine(modelFolder, "tokenizer.json"));
+        var merges = ReadMerges(tokenizerJson?["model"]?["merges"]);
+        if (tokenizerJson?["added_tokens"] is JsonArray list)
         {
             foreach (var token in list.OfType<JsonObject>())
             {
@@ -155,10 +163,38 @@ public sealed class LlamaTextTokenizer
 
         return new LlamaTextTokenizer(
             pieces,
+            merges,
             addedTokens,
             bos: Lookup(TokenName(config?["bos_token"])) ?? 1,
             eos: Lookup(TokenName(config?["eos_token"])) ?? 2,
             pad: Lookup(TokenName(config?["pad_token"]) ?? "<pad>"));
+    }
+
+    /// <summary>tokenizer.json merges: ["a", "b"] pairs (tokenizers 0.20+) or "a b" strings (older files).</summary>
+    private static List<(string Left, string Right)>? ReadMerges(JsonNode? node)
+    {
+        if (node is not JsonArray array)
+        {
+            return null;
+        }
+
+        var merges = new List<(string Left, string Right)>(array.Count);
+        foreach (var item in array)
+        {
+            switch (item)
+            {
+                case JsonArray { Count: 2 } pair:
+                    merges.Add((pair[0]!.GetValue<string>(), pair[1]!.GetValue<string>()));
+                    break;
+                case JsonValue value when value.TryGetValue<string>(out var text) && text.IndexOf(' ', StringComparison.Ordinal) is > 0 and var space:
+                    merges.Add((text[..space], text[(space + 1)..]));
+                    break;
+                default:
+                    throw new TokenizerException($"tokenizer.json: merge entry {item?.ToJsonString()} is neither a pair nor 'left right'.");
+            }
+        }
+
+        return merges;
     }
 
     private static JsonNode? ReadJson(string path)

@@ -50,9 +50,6 @@ public sealed record ImageProcessorConfig
     /// <summary>Per-channel standard deviation.</summary>
     public IReadOnlyList<float> ImageStd { get; init; } = [0.26862954f, 0.26130258f, 0.27577711f];
 
-    /// <summary>Flatten transparency onto white, as transformers' convert_to_rgb does.</summary>
-    public bool DoConvertRgb { get; init; } = true;
-
     /// <summary>LLaVA-1.5's "pad" aspect mode: paste onto a mean-coloured square first (drops transparency, as the original does).</summary>
     public bool PadToSquare { get; init; }
 
@@ -110,7 +107,6 @@ public sealed record ImageProcessorConfig
             DoNormalize = r.Bool("do_normalize", true),
             ImageMean = Triple(json["image_mean"], "image_mean", path) ?? defaults.ImageMean,
             ImageStd = Triple(json["image_std"], "image_std", path) ?? defaults.ImageStd,
-            DoConvertRgb = r.Bool("do_convert_rgb", true),
             PadToSquare = r.Bool("do_pad", false) || r.OptionalString("image_aspect_ratio") == "pad",
         };
         return config.Validate(path);
@@ -147,7 +143,7 @@ public sealed record ImageProcessorConfig
 }
 
 /// <summary>
-/// CLIP image preprocessing as transformers' CLIPImageProcessor does it: flatten to RGB, resize (shortest edge, Pillow's
+/// CLIP image preprocessing as transformers' CLIPImageProcessor does it: RGB (alpha dropped), resize (shortest edge, Pillow's
 /// antialiased bicubic in 8-bit fixed point), centre crop, rescale, normalise. Optionally LLaVA's pad-to-square first.
 /// </summary>
 public sealed class ClipImageProcessor(ImageProcessorConfig config)
@@ -160,9 +156,8 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
     {
         ArgumentNullException.ThrowIfNull(image);
         int width = image.Width, height = image.Height;
-        var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height)
-            : Config.DoConvertRgb ? FlattenOnWhite(image)
-            : image.Rgb.ToArray();
+        // Transparency is dropped, not composited: transformers 5's convert_rgb keeps the stored colour values.
+        var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height) : image.Rgb.ToArray();
 
         if (Config.DoResize)
         {
@@ -175,9 +170,9 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         if (Config.DoCenterCrop)
         {
             (outH, outW) = (Config.CropHeight, Config.CropWidth);
-            // torchvision's center_crop: Python's round(), which rounds halves to even.
-            top = (int)Math.Round((height - outH) / 2.0, MidpointRounding.ToEven);
-            left = (int)Math.Round((width - outW) / 2.0, MidpointRounding.ToEven);
+            // Odd margins put the extra pixel at the bottom/right (floor of half), as transformers 5 does.
+            top = (int)Math.Floor((height - outH) / 2.0);
+            left = (int)Math.Floor((width - outW) / 2.0);
         }
 
         var scale = Config.DoRescale ? Config.RescaleFactor : 1.0;
@@ -208,44 +203,6 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         var (shortSide, longSide) = width <= height ? (width, height) : (height, width);
         var newLong = (int)((long)shortestEdge * longSide / shortSide);
         return width <= height ? (newLong, shortestEdge) : (shortestEdge, newLong);
-    }
-
-    /// <summary>transformers' convert_to_rgb: alpha-composite over opaque white with Pillow's 8-bit arithmetic.</summary>
-    private static byte[] FlattenOnWhite(RgbImage image)
-    {
-        var rgb = image.Rgb.ToArray();
-        if (image.Alpha is not { } alphaMemory)
-        {
-            return rgb;
-        }
-
-        var alpha = alphaMemory.Span;
-        for (var i = 0; i < alpha.Length; i++)
-        {
-            int a = alpha[i];
-            if (a == 255)
-            {
-                continue;
-            }
-
-            for (var c = 0; c < 3; c++)
-            {
-                var index = (i * 3) + c;
-                if (a == 0)
-                {
-                    rgb[index] = 255;
-                    continue;
-                }
-
-                // Pillow's ImagingAlphaComposite with an opaque white destination (7 fractional bits, divide by 255 by shifts).
-                var coef1 = a * 128;
-                var coef2 = (255 - a) * 128;
-                var tmp = (rgb[index] * coef1) + (255 * coef2) + (0x80 << 7);
-                rgb[index] = (byte)((((tmp >> 8) + tmp) >> 8) >> 7);
-            }
-        }
-
-        return rgb;
     }
 
     /// <summary>LLaVA-1.5's expand2square: centre the image on a square filled with the mean colour (alpha dropped).</summary>

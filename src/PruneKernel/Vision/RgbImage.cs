@@ -27,7 +27,7 @@ public sealed class RgbImage
         Width = width;
         Height = height;
         Rgb = rgb;
-        Alpha = alpha;
+        Alpha = alpha is null ? null : new ReadOnlyMemory<byte>(alpha);
     }
 
     /// <summary>Width in pixels.</summary>
@@ -104,19 +104,19 @@ public static class ImageDecoder
 
         var pixels = size.Width * size.Height;
         var rgb = new byte[pixels * 3];
-        byte[]? alpha = codec.Info.AlphaType == SKAlphaType.Opaque ? null : new byte[pixels];
+        var alpha = new byte[pixels];
+        var opaque = true;
         for (var i = 0; i < pixels; i++)
         {
             rgb[(i * 3) + 0] = rgba[(i * 4) + 0];
             rgb[(i * 3) + 1] = rgba[(i * 4) + 1];
             rgb[(i * 3) + 2] = rgba[(i * 4) + 2];
-            if (alpha is not null)
-            {
-                alpha[i] = rgba[(i * 4) + 3];
-            }
+            alpha[i] = rgba[(i * 4) + 3];
+            opaque &= alpha[i] == 255;
         }
 
-        return new RgbImage(size.Width, size.Height, rgb, alpha);
+        // Codecs report "maybe transparent" for most formats; keep alpha only when a pixel actually uses it.
+        return new RgbImage(size.Width, size.Height, rgb, opaque ? null : alpha);
     }
 
     /// <summary>The media type the leading bytes announce (image/png, image/jpeg, image/webp, image/gif, image/bmp), or null.</summary>
