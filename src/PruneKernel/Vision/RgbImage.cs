@@ -27,7 +27,10 @@ public sealed class RgbImage
         Width = width;
         Height = height;
         Rgb = rgb;
-        Alpha = alpha is null ? null : new ReadOnlyMemory<byte>(alpha);
+        if (alpha is not null)
+        {
+            Alpha = alpha;
+        }
     }
 
     /// <summary>Width in pixels.</summary>
