@@ -24,6 +24,9 @@ from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, L
                           LlavaForConditionalGeneration, MistralConfig)
 from tokenizers import AddedToken
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from relayout_checkpoint import relayout  # noqa: E402
+
 LLAVA_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
@@ -253,17 +256,9 @@ def text_config(kind, hidden, heads, kv, layers, theta, scaling):
 MODELS = [  # name, text kind, hidden, heads, kv, layers, theta, scaling, feature layer, strategy, dtype, layout, shards
     ("llava-tiny-f32", "llama", 16, 2, 2, 3, 10000.0, None, -2, "default", torch.float32, "transformers5", 1),
     ("llava-tiny-gqa-rope-hub-sharded", "llama", 16, 4, 2, 3, 500000.0, ("linear", 2.0), -1, "full", torch.float32, "hub", 3),
-    ("llava-tiny-mistral-bf16", "mistral", 16, 4, 1, 2, 1000000.0, None, -2, "default", torch.bfloat16, "transformers5", 1),
-    ("llava-tiny-f16-hub", "llama", 16, 2, 1, 2, 10000.0, None, -2, "default", torch.float16, "hub", 1),
+    ("llava-tiny-mistral-bf16", "mistral", 16, 4, 1, 2, 1000000.0, None, -2, "default", torch.bfloat16, "saved", 1),
+    ("llava-tiny-f16-hub", "llama", 16, 2, 1, 2, 10000.0, None, -2, "default", torch.float16, "saved", 1),
 ]
-
-
-def to_hub_key(k):
-    for a, b in (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower."),
-                 ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head.")):
-        if k.startswith(a):
-            return b + k[len(a):]
-    return k
 
 
 def hub_style_config(cfg_path, scaling, theta):
@@ -298,6 +293,7 @@ def write_model(tok, out, image_path, name, kind, hidden, heads, kv, layers, the
             if p.dim() >= 2:
                 p.normal_(0, 0.2 if p.shape[0] != VOCAB else 0.5)
     model = model.to(dtype)
+    print("in-memory names:", [k for k in model.state_dict()][:2], [k for k in model.state_dict() if "vision" in k][:1], flush=True)
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = 1, 2
     model.generation_config.pad_token_id = PAD_TOKEN_ID
     d = os.path.join(out, "models", name)
@@ -315,8 +311,11 @@ def write_model(tok, out, image_path, name, kind, hidden, heads, kv, layers, the
     shutil.copy(TOKENIZER_MODEL, os.path.join(d, "tokenizer.model"))
     with open(os.path.join(d, "chat_template.json"), "w") as f:
         json.dump({"chat_template": LLAVA_TEMPLATE}, f)
+    # transformers 5.17 saves the hub's language-model names with a flat vision_tower.*; "saved" keeps that, the
+    # others rewrite the names so every spelling PruneKernel accepts is covered (and reloaded below by transformers).
+    if layout != "saved":
+        relayout(d, layout)
     if layout == "hub":
-        rename_to_hub(d)
         hub_style_config(os.path.join(d, "config.json"), scaling, theta)
     print("files:", sorted(os.listdir(d)))
 
@@ -370,25 +369,6 @@ def write_model(tok, out, image_path, name, kind, hidden, heads, kv, layers, the
     meta["reload_max_abs_diff"] = float((o2.logits[0] - logits).abs().max())
     json.dump(meta, open(os.path.join(d, "golden.json"), "w"), indent=1)
     print(json.dumps(meta), flush=True)
-
-
-def rename_to_hub(d):
-    from safetensors import safe_open
-    idx_path = os.path.join(d, "model.safetensors.index.json")
-    files = [f for f in os.listdir(d) if f.endswith(".safetensors")]
-    weight_map = {}
-    for fn in files:
-        p = os.path.join(d, fn)
-        with safe_open(p, "pt") as f:
-            t = {to_hub_key(k): f.get_tensor(k) for k in f.keys()}
-            md = f.metadata() or {"format": "pt"}
-        save_file(t, p, metadata=md)
-        for k in t:
-            weight_map[k] = fn
-    if os.path.exists(idx_path):
-        idx = json.load(open(idx_path))
-        idx["weight_map"] = dict(sorted(weight_map.items()))
-        json.dump(idx, open(idx_path, "w"), indent=2)
 
 
 def main():

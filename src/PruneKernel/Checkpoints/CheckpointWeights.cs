@@ -1,150 +1,242 @@
+using System.Collections.Frozen;
 using System.Text.Json;
+using TorchSharp;
 
 namespace PruneKernel.Checkpoints;
 
-/// <summary>The weights of a model folder: <c>model.safetensors</c>, or shards listed by <c>model.safetensors.index.json</c>.</summary>
+/// <summary>
+/// The weights of a model folder: either one <c>model.safetensors</c> or the shards named by
+/// <c>model.safetensors.index.json</c>, presented as one name-to-tensor store.
+/// </summary>
 public sealed class CheckpointWeights : IDisposable
 {
-    private const string SingleFile = "model.safetensors";
-    private const string IndexFile = "model.safetensors.index.json";
+    /// <summary>File name of a single-file checkpoint.</summary>
+    public const string SingleFileName = "model.safetensors";
 
-    private readonly List<SafetensorsFile> _files;
-    private readonly Dictionary<string, SafetensorsFile> _byTensor;
+    /// <summary>File name of a sharded checkpoint's index.</summary>
+    public const string IndexFileName = "model.safetensors.index.json";
 
-    private CheckpointWeights(List<SafetensorsFile> files, Dictionary<string, SafetensorsFile> byTensor)
+    // Real indexes are kilobytes to a few megabytes; this only stops a corrupt file from exhausting memory.
+    private const long MaxIndexBytes = 100_000_000;
+
+    private static readonly JsonDocumentOptions JsonOptions = new() { AllowDuplicateProperties = false };
+
+    private readonly SafetensorsFile[] _files;
+    private readonly FrozenDictionary<string, SafetensorsFile> _fileOf;
+
+    private CheckpointWeights(string folder, SafetensorsFile[] files, FrozenDictionary<string, SafetensorsFile> fileOf)
     {
+        Folder = folder;
         _files = files;
-        _byTensor = byTensor;
+        _fileOf = fileOf;
+        Names = [.. fileOf.Keys.Order(StringComparer.Ordinal)];
     }
 
-    /// <summary>All tensor names.</summary>
-    public IReadOnlyCollection<string> Names => _byTensor.Keys;
+    /// <summary>Full path of the model folder.</summary>
+    public string Folder { get; }
 
-    /// <summary>Opens the single file or every shard of the index, once each.</summary>
-    /// <exception cref="CheckpointFormatException">Weights are missing, an index or shard is malformed, or shards disagree with the index.</exception>
+    /// <summary>Every tensor name, in ordinal order.</summary>
+    public IReadOnlyCollection<string> Names { get; }
+
+    /// <summary>Opens a model folder's checkpoint, validating every file's header and, for shards, the index against them.</summary>
+    /// <param name="modelFolder">Folder holding <c>model.safetensors</c> or <c>model.safetensors.index.json</c> and its shards.</param>
+    /// <exception cref="CheckpointFormatException">Files are missing, unreadable, malformed or inconsistent.</exception>
     public static CheckpointWeights Open(string modelFolder)
     {
-        var single = Path.Combine(modelFolder, SingleFile);
-        var index = Path.Combine(modelFolder, IndexFile);
-        var files = new List<SafetensorsFile>();
-        var byTensor = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+        ArgumentException.ThrowIfNullOrEmpty(modelFolder);
+        var folder = Path.GetFullPath(modelFolder);
+        if (!Directory.Exists(folder))
+        {
+            throw new CheckpointFormatException(folder, "the model folder does not exist");
+        }
+
+        var single = Path.Combine(folder, SingleFileName);
+        if (File.Exists(single))
+        {
+            var file = SafetensorsFile.Open(single);
+            return new CheckpointWeights(folder, [file], file.Tensors.Keys.ToFrozenDictionary(n => n, _ => file, StringComparer.Ordinal));
+        }
+
+        var index = Path.Combine(folder, IndexFileName);
+        if (File.Exists(index))
+        {
+            return OpenSharded(folder, index);
+        }
+
+        throw new CheckpointFormatException(folder, $"the model folder has neither {SingleFileName} nor {IndexFileName}");
+    }
+
+    /// <summary>Whether the checkpoint has a tensor of that name.</summary>
+    public bool Contains(string name) => _fileOf.ContainsKey(name);
+
+    /// <summary>The header entry of one tensor.</summary>
+    /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
+    public SafetensorsTensorInfo GetInfo(string name) => Find(name).GetInfo(name);
+
+    /// <summary>Reads one tensor into a new CPU tensor of the file's dtype and shape; the caller owns the result.</summary>
+    /// <exception cref="CheckpointFormatException">No tensor has that name, or its data is invalid.</exception>
+    public torch.Tensor ReadTensor(string name) => Find(name).ReadTensor(name);
+
+    /// <summary>Full path of the file holding a tensor.</summary>
+    /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
+    public string FileOf(string name) => Find(name).Path;
+
+    /// <summary>Unmaps every file.</summary>
+    public void Dispose()
+    {
+        foreach (var file in _files)
+        {
+            file.Dispose();
+        }
+    }
+
+    private SafetensorsFile Find(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return _fileOf.TryGetValue(name, out var file)
+            ? file
+            : throw new CheckpointFormatException(Folder, "no such tensor in the checkpoint", name);
+    }
+
+    private static CheckpointWeights OpenSharded(string folder, string indexPath)
+    {
+        var weightMap = ReadWeightMap(folder, indexPath);
+        var shards = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
         try
         {
-            if (File.Exists(index))
+            foreach (var (tensor, shardPath) in weightMap)
             {
-                OpenShards(modelFolder, index, files, byTensor);
-            }
-            else if (File.Exists(single))
-            {
-                var file = SafetensorsFile.Open(single);
-                files.Add(file);
-                foreach (var name in file.Tensors.Keys)
+                if (shards.ContainsKey(shardPath))
                 {
-                    byTensor[name] = file;
+                    continue;
                 }
+
+                if (!File.Exists(shardPath))
+                {
+                    throw new CheckpointFormatException(indexPath, $"shard '{Path.GetFileName(shardPath)}' ({shardPath}) does not exist", tensor);
+                }
+
+                shards.Add(shardPath, SafetensorsFile.Open(shardPath));
             }
-            else
+
+            var fileOf = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+            foreach (var (tensor, shardPath) in weightMap)
             {
-                throw new CheckpointFormatException(modelFolder, $"neither {SingleFile} nor {IndexFile} is present.");
+                var shard = shards[shardPath];
+                if (!shard.Tensors.ContainsKey(tensor))
+                {
+                    throw new CheckpointFormatException(indexPath, $"the index places it in '{Path.GetFileName(shardPath)}', which does not contain it", tensor);
+                }
+
+                fileOf.Add(tensor, shard);
             }
+
+            CheckNoDuplicates(indexPath, shards.Values);
+            return new CheckpointWeights(folder, [.. shards.Values], fileOf.ToFrozenDictionary(StringComparer.Ordinal));
         }
         catch
         {
-            files.ForEach(f => f.Dispose());
+            foreach (var shard in shards.Values)
+            {
+                shard.Dispose();
+            }
+
             throw;
         }
-
-        return new CheckpointWeights(files, byTensor);
     }
 
-    private static void OpenShards(string folder, string indexPath, List<SafetensorsFile> files, Dictionary<string, SafetensorsFile> byTensor)
+    /// <summary>Reads the index's weight_map as tensor name to full shard path.</summary>
+    private static List<KeyValuePair<string, string>> ReadWeightMap(string folder, string indexPath)
     {
-        Dictionary<string, string> weightMap;
+        byte[] bytes;
         try
         {
-            using var document = JsonDocument.Parse(File.ReadAllBytes(indexPath));
-            if (document.RootElement.ValueKind != JsonValueKind.Object
-                || !document.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+            using var stream = new FileStream(indexPath, FileMode.Open, FileAccess.Read, FileShare.Read);
+            if (stream.Length > MaxIndexBytes)
             {
-                throw new CheckpointFormatException(indexPath, "index has no 'weight_map' object.");
+                throw new CheckpointFormatException(indexPath, $"the index is {stream.Length} bytes, over the {MaxIndexBytes}-byte limit");
             }
 
-            weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
+            bytes = new byte[stream.Length];
+            stream.ReadExactly(bytes);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointFormatException(indexPath, $"cannot read the index: {ex.Message}", null, null, ex);
+        }
+
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(bytes, JsonOptions);
+        }
+        catch (JsonException ex)
+        {
+            throw new CheckpointFormatException(indexPath, $"the index is not valid JSON: {ex.Message}", null, null, ex);
+        }
+
+        using (document)
+        {
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object
+                || !root.TryGetProperty("weight_map", out var map)
+                || map.ValueKind != JsonValueKind.Object)
+            {
+                throw new CheckpointFormatException(indexPath, "the index is not a JSON object with a 'weight_map' object");
+            }
+
+            var entries = new List<KeyValuePair<string, string>>();
+            var folderPrefix = Path.EndsInDirectorySeparator(folder) ? folder : folder + Path.DirectorySeparatorChar;
             foreach (var entry in map.EnumerateObject())
             {
-                if (entry.Value.ValueKind != JsonValueKind.String || !IsPlainFileName(entry.Value.GetString()!))
+                if (entry.Value.ValueKind != JsonValueKind.String || entry.Value.GetString() is not { Length: > 0 } shard)
                 {
-                    throw new CheckpointFormatException(indexPath, $"weight_map entry {entry.Value.GetRawText()} is not a shard file name in this folder.", entry.Name);
+                    throw new CheckpointFormatException(indexPath, "its weight_map entry is not a non-empty file name", entry.Name);
                 }
 
-                if (!weightMap.TryAdd(entry.Name, entry.Value.GetString()!))
+                // An index is data from the internet; it must not steer reads outside the model folder.
+                string shardPath;
+                try
                 {
-                    throw new CheckpointFormatException(indexPath, "tensor is listed twice in weight_map.", entry.Name);
+                    shardPath = Path.GetFullPath(Path.Combine(folder, shard));
                 }
-            }
-        }
-        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
-        {
-            throw new CheckpointFormatException(indexPath, $"cannot read the shard index ({e.Message}).", innerException: e);
-        }
-
-        var shards = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
-        foreach (var shardName in weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
-        {
-            var path = Path.Combine(folder, shardName);
-            if (!File.Exists(path))
-            {
-                throw new CheckpointFormatException(path, $"shard listed in {IndexFile} is missing.");
-            }
-
-            var shard = SafetensorsFile.Open(path);
-            files.Add(shard);
-            shards[shardName] = shard;
-        }
-
-        foreach (var (tensor, shardName) in weightMap)
-        {
-            var shard = shards[shardName];
-            if (!shard.Tensors.ContainsKey(tensor))
-            {
-                throw new CheckpointFormatException(shard.Path, $"{IndexFile} places the tensor here, but the shard does not hold it.", tensor);
-            }
-
-            byTensor[tensor] = shard;
-        }
-
-        foreach (var shard in files)
-        {
-            foreach (var tensor in shard.Tensors.Keys)
-            {
-                if (!byTensor.TryGetValue(tensor, out var owner) || owner != shard)
+                catch (Exception ex) when (ex is ArgumentException or NotSupportedException or PathTooLongException)
                 {
-                    throw new CheckpointFormatException(shard.Path, $"tensor is not listed for this shard in {IndexFile}.", tensor);
+                    throw new CheckpointFormatException(indexPath, $"its shard name '{shard}' is not a valid path", entry.Name, null, ex);
+                }
+
+                if (!shardPath.StartsWith(folderPrefix, StringComparison.Ordinal))
+                {
+                    throw new CheckpointFormatException(indexPath, $"its shard '{shard}' lies outside the model folder", entry.Name);
+                }
+
+                entries.Add(new(entry.Name, shardPath));
+            }
+
+            if (entries.Count == 0)
+            {
+                throw new CheckpointFormatException(indexPath, "the index's weight_map is empty");
+            }
+
+            return entries;
+        }
+    }
+
+    private static void CheckNoDuplicates(string indexPath, IEnumerable<SafetensorsFile> shards)
+    {
+        var seenIn = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+        foreach (var shard in shards)
+        {
+            foreach (var name in shard.Tensors.Keys)
+            {
+                if (!seenIn.TryAdd(name, shard))
+                {
+                    throw new CheckpointFormatException(
+                        indexPath,
+                        $"the tensor is in two shards, '{Path.GetFileName(seenIn[name].Path)}' and '{Path.GetFileName(shard.Path)}'",
+                        name);
                 }
             }
         }
     }
-
-    private static bool IsPlainFileName(string name) =>
-        name.Length > 0 && name == Path.GetFileName(name) && name != "." && name != "..";
-
-    /// <summary>Whether a tensor exists.</summary>
-    public bool Contains(string name) => _byTensor.ContainsKey(name);
-
-    /// <summary>Information about one tensor.</summary>
-    public SafetensorsTensorInfo GetInfo(string name) => Owner(name).GetInfo(name);
-
-    /// <summary>The file holding a tensor.</summary>
-    public string FileOf(string name) => Owner(name).Path;
-
-    /// <summary>Reads a tensor into a new CPU tensor of its stored dtype.</summary>
-    public TorchSharp.torch.Tensor ReadTensor(string name) => Owner(name).ReadTensor(name);
-
-    private SafetensorsFile Owner(string name) =>
-        _byTensor.TryGetValue(name, out var file)
-            ? file
-            : throw new CheckpointFormatException(_files.Count == 1 ? _files[0].Path : "(checkpoint)", "no such tensor in the checkpoint.", name);
-
-    /// <summary>Releases every file.</summary>
-    public void Dispose() => _files.ForEach(f => f.Dispose());
 }

@@ -1,265 +1,304 @@
+using System.Buffers;
 using System.Buffers.Binary;
+using System.Collections.Frozen;
 using System.Text;
 using System.Text.Json;
-using TorchSharp;
+using System.Text.Unicode;
 
 namespace PruneKernel.Checkpoints;
 
-/// <summary>Element types a safetensors file can hold.</summary>
-public enum SafetensorsDType
+/// <summary>
+/// The validated JSON header of a safetensors file. Parsing checks every entry against the file length
+/// so that readers can later slice the data region without further bounds checks.
+/// </summary>
+internal sealed class SafetensorsHeader
 {
-    /// <summary>64-bit float.</summary>
-    F64,
+    /// <summary>Size of the little-endian u64 that precedes the JSON header.</summary>
+    internal const int LengthPrefixBytes = 8;
 
-    /// <summary>32-bit float.</summary>
-    F32,
+    /// <summary>The reference implementation's limit; anything larger is corrupt or hostile, not a real header.</summary>
+    internal const long MaxHeaderLength = 100_000_000;
 
-    /// <summary>16-bit IEEE float.</summary>
-    F16,
+    internal const string MetadataKey = "__metadata__";
 
-    /// <summary>bfloat16.</summary>
-    BF16,
-
-    /// <summary>64-bit signed integer.</summary>
-    I64,
-
-    /// <summary>32-bit signed integer.</summary>
-    I32,
-
-    /// <summary>16-bit signed integer.</summary>
-    I16,
-
-    /// <summary>8-bit signed integer.</summary>
-    I8,
-
-    /// <summary>8-bit unsigned integer.</summary>
-    U8,
-
-    /// <summary>Boolean, one byte each.</summary>
-    BOOL,
-}
-
-/// <summary>One tensor's entry in a safetensors header, with absolute file offsets.</summary>
-/// <param name="Name">Tensor name.</param>
-/// <param name="DType">Element type.</param>
-/// <param name="Shape">Dimensions.</param>
-/// <param name="DataBegin">First byte, counted from the start of the file.</param>
-/// <param name="DataEnd">One past the last byte, counted from the start of the file.</param>
-public sealed record SafetensorsTensorInfo(string Name, SafetensorsDType DType, IReadOnlyList<long> Shape, long DataBegin, long DataEnd)
-{
-    /// <summary>Bytes of data.</summary>
-    public long ByteLength => DataEnd - DataBegin;
-}
-
-/// <summary>Parses and fully validates a safetensors header before any tensor data is touched.</summary>
-public static class SafetensorsHeader
-{
-    /// <summary>Headers above this size are refused as corrupt (the format's own reference reader uses the same bound).</summary>
-    public const long MaxHeaderBytes = 100_000_000;
-
-    /// <summary>Element size in bytes.</summary>
-    public static int ElementSize(SafetensorsDType dtype) => dtype switch
+    private static readonly JsonDocumentOptions JsonOptions = new()
     {
-        SafetensorsDType.F64 or SafetensorsDType.I64 => 8,
-        SafetensorsDType.F32 or SafetensorsDType.I32 => 4,
-        SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.I16 => 2,
-        _ => 1,
+        // The same tensor twice would make the file ambiguous; System.Text.Json otherwise keeps the last one silently.
+        AllowDuplicateProperties = false,
+        AllowTrailingCommas = false,
+        CommentHandling = JsonCommentHandling.Disallow,
     };
 
-    /// <summary>The TorchSharp element type of a safetensors dtype.</summary>
-    public static torch.ScalarType ToScalarType(SafetensorsDType dtype) => dtype switch
+    private SafetensorsHeader(long headerLength, FrozenDictionary<string, SafetensorsTensorInfo> tensors, FrozenDictionary<string, string> metadata)
     {
-        SafetensorsDType.F64 => torch.ScalarType.Float64,
-        SafetensorsDType.F32 => torch.ScalarType.Float32,
-        SafetensorsDType.F16 => torch.ScalarType.Float16,
-        SafetensorsDType.BF16 => torch.ScalarType.BFloat16,
-        SafetensorsDType.I64 => torch.ScalarType.Int64,
-        SafetensorsDType.I32 => torch.ScalarType.Int32,
-        SafetensorsDType.I16 => torch.ScalarType.Int16,
-        SafetensorsDType.I8 => torch.ScalarType.Int8,
-        SafetensorsDType.U8 => torch.ScalarType.Byte,
-        _ => torch.ScalarType.Bool,
-    };
+        HeaderLength = headerLength;
+        Tensors = tensors;
+        Metadata = metadata;
+    }
 
-    /// <summary>Reads the header length from the first 8 bytes and checks it against the file.</summary>
-    /// <exception cref="CheckpointFormatException">The file is too short or the length is impossible.</exception>
-    public static int ReadHeaderLength(ReadOnlySpan<byte> first8, long fileLength, string filePath)
+    /// <summary>Bytes of JSON after the length prefix.</summary>
+    public long HeaderLength { get; }
+
+    /// <summary>Absolute offset of the data region, which tensor data_offsets are relative to.</summary>
+    public long DataStart => LengthPrefixBytes + HeaderLength;
+
+    public FrozenDictionary<string, SafetensorsTensorInfo> Tensors { get; }
+
+    public FrozenDictionary<string, string> Metadata { get; }
+
+    /// <summary>
+    /// Validates the length prefix alone, so that a reader knows how many bytes to load before calling <see cref="Parse"/>.
+    /// </summary>
+    /// <param name="fileStart">The first bytes of the file: at least 8, or the whole file if it is shorter.</param>
+    /// <param name="fileLength">Length of the whole file.</param>
+    /// <param name="filePath">Named in errors.</param>
+    /// <returns>The JSON header's length in bytes.</returns>
+    public static int ReadHeaderLength(ReadOnlySpan<byte> fileStart, long fileLength, string filePath)
     {
-        if (fileLength < 8 || first8.Length < 8)
+        if (fileLength < LengthPrefixBytes)
         {
-            throw new CheckpointFormatException(filePath, $"file is {fileLength} bytes, shorter than the 8-byte header length prefix.", offset: 0);
+            throw new CheckpointFormatException(filePath, $"the file is {fileLength} bytes, shorter than the 8-byte header length prefix", offset: 0);
         }
 
-        var length = BinaryPrimitives.ReadUInt64LittleEndian(first8);
-        if (length == 0 || length > MaxHeaderBytes)
+        if (fileStart.Length < LengthPrefixBytes)
         {
-            throw new CheckpointFormatException(filePath, $"header length {length} is not between 1 and {MaxHeaderBytes} bytes.", offset: 0);
+            throw new ArgumentException("fileStart must hold the first 8 bytes of the file.", nameof(fileStart));
         }
 
-        if ((long)length > fileLength - 8)
+        var length = BinaryPrimitives.ReadUInt64LittleEndian(fileStart);
+        if (length == 0)
         {
-            throw new CheckpointFormatException(filePath, $"header length {length} runs past the end of the {fileLength}-byte file.", offset: 0);
+            throw new CheckpointFormatException(filePath, "the header length prefix is zero", offset: 0);
+        }
+
+        if (length > MaxHeaderLength)
+        {
+            throw new CheckpointFormatException(filePath, $"the header length prefix {length} exceeds the {MaxHeaderLength}-byte limit", offset: 0);
+        }
+
+        if ((long)length > fileLength - LengthPrefixBytes)
+        {
+            throw new CheckpointFormatException(filePath, $"the header length prefix {length} runs past the end of the {fileLength}-byte file", offset: 0);
         }
 
         return (int)length;
     }
 
-    /// <summary>
-    /// Parses the JSON header (the bytes after the 8-byte length) of a file of <paramref name="fileLength"/> bytes.
-    /// Every problem is reported as a <see cref="CheckpointFormatException"/>; nothing else escapes.
-    /// </summary>
-    public static (IReadOnlyDictionary<string, SafetensorsTensorInfo> Tensors, IReadOnlyDictionary<string, string> Metadata) Parse(
-        ReadOnlySpan<byte> headerJson, long fileLength, string filePath)
+    /// <summary>Parses and fully validates the header; touches no tensor data.</summary>
+    /// <param name="fileStart">The file's first bytes: at least the length prefix and the whole header (more is ignored).</param>
+    /// <param name="fileLength">Length of the whole file, which tensor data must fit inside.</param>
+    /// <param name="filePath">Named in errors.</param>
+    /// <exception cref="CheckpointFormatException">Any problem with the header.</exception>
+    public static SafetensorsHeader Parse(ReadOnlySpan<byte> fileStart, long fileLength, string filePath)
     {
-        var dataStart = 8L + headerJson.Length;
-        var dataLength = fileLength - dataStart;
-        if (dataLength < 0)
+        ArgumentNullException.ThrowIfNull(filePath);
+        var headerLength = ReadHeaderLength(fileStart, fileLength, filePath);
+        if (fileStart.Length - LengthPrefixBytes < headerLength)
         {
-            throw new CheckpointFormatException(filePath, "header runs past the end of the file.", offset: 8);
+            throw new ArgumentException("fileStart must hold the whole header.", nameof(fileStart));
         }
 
-        JsonDocument document;
+        var json = fileStart.Slice(LengthPrefixBytes, headerLength);
+        if (!Utf8.IsValid(json))
+        {
+            throw new CheckpointFormatException(filePath, "the header is not valid UTF-8", offset: LengthPrefixBytes + FirstInvalidUtf8(json));
+        }
+
+        using var document = ParseJson(json, filePath);
+        var root = document.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new CheckpointFormatException(filePath, $"the header is a JSON {Kind(root)}, not an object", offset: LengthPrefixBytes);
+        }
+
+        var dataStart = LengthPrefixBytes + (long)headerLength;
+        var dataLength = fileLength - dataStart;
+        var tensors = new Dictionary<string, SafetensorsTensorInfo>(StringComparer.Ordinal);
+        var metadata = FrozenDictionary<string, string>.Empty;
+        foreach (var entry in root.EnumerateObject())
+        {
+            if (entry.Name == MetadataKey)
+            {
+                metadata = ReadMetadata(entry.Value, filePath);
+            }
+            else
+            {
+                tensors.Add(entry.Name, ReadTensor(entry.Name, entry.Value, dataStart, dataLength, filePath));
+            }
+        }
+
+        CheckNoOverlap(tensors.Values, filePath);
+        return new SafetensorsHeader(headerLength, tensors.ToFrozenDictionary(StringComparer.Ordinal), metadata);
+    }
+
+    private static JsonDocument ParseJson(ReadOnlySpan<byte> json, string filePath)
+    {
         try
         {
-            // Strict UTF-8: a corrupt header must not be silently repaired into something that parses.
-            _ = new UTF8Encoding(false, true).GetCharCount(headerJson);
-            document = JsonDocument.Parse(headerJson.ToArray(), new JsonDocumentOptions { MaxDepth = 16 });
+            return JsonDocument.Parse(json.ToArray(), JsonOptions);
         }
-        catch (Exception e) when (e is JsonException or DecoderFallbackException or ArgumentException)
+        catch (JsonException ex)
         {
-            throw new CheckpointFormatException(filePath, $"header is not valid UTF-8 JSON ({e.Message}).", offset: 8, innerException: e);
-        }
-
-        using (document)
-        {
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-            {
-                throw new CheckpointFormatException(filePath, "header is not a JSON object.", offset: 8);
-            }
-
-            var tensors = new Dictionary<string, SafetensorsTensorInfo>(StringComparer.Ordinal);
-            var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var property in document.RootElement.EnumerateObject())
-            {
-                if (property.Name == "__metadata__")
-                {
-                    ReadMetadata(property.Value, metadata, filePath);
-                    continue;
-                }
-
-                if (tensors.ContainsKey(property.Name))
-                {
-                    throw new CheckpointFormatException(filePath, "tensor is listed twice in the header.", property.Name, 8);
-                }
-
-                tensors[property.Name] = ReadEntry(property.Name, property.Value, dataStart, dataLength, filePath);
-            }
-
-            CheckOverlaps(tensors.Values, filePath);
-            return (tensors, metadata);
+            // Headers are normally one line, where the reader's column is a byte offset into the header.
+            long? offset = ex.LineNumber == 0 && ex.BytePositionInLine is { } column ? LengthPrefixBytes + column : null;
+            throw new CheckpointFormatException(filePath, $"the header is not valid JSON: {ex.Message}", null, offset, ex);
         }
     }
 
-    private static void ReadMetadata(JsonElement value, Dictionary<string, string> metadata, string filePath)
+    private static FrozenDictionary<string, string> ReadMetadata(JsonElement value, string filePath)
     {
         if (value.ValueKind != JsonValueKind.Object)
         {
-            throw new CheckpointFormatException(filePath, "__metadata__ must be an object of strings.", offset: 8);
+            throw new CheckpointFormatException(filePath, $"{MetadataKey} is a JSON {Kind(value)}, not an object of strings");
         }
 
-        foreach (var entry in value.EnumerateObject())
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var item in value.EnumerateObject())
         {
-            if (entry.Value.ValueKind != JsonValueKind.String)
+            if (item.Value.ValueKind != JsonValueKind.String)
             {
-                throw new CheckpointFormatException(filePath, $"__metadata__ value '{entry.Name}' is not a string.", offset: 8);
+                throw new CheckpointFormatException(filePath, $"{MetadataKey} entry '{item.Name}' is a JSON {Kind(item.Value)}, not a string");
             }
 
-            metadata[entry.Name] = entry.Value.GetString()!;
+            metadata[item.Name] = item.Value.GetString()!;
         }
+
+        return metadata.ToFrozenDictionary(StringComparer.Ordinal);
     }
 
-    private static SafetensorsTensorInfo ReadEntry(string name, JsonElement entry, long dataStart, long dataLength, string filePath)
+    private static SafetensorsTensorInfo ReadTensor(string name, JsonElement value, long dataStart, long dataLength, string filePath)
     {
-        if (entry.ValueKind != JsonValueKind.Object)
+        if (value.ValueKind != JsonValueKind.Object)
         {
-            throw new CheckpointFormatException(filePath, "header entry is not an object.", name, 8);
+            throw new CheckpointFormatException(filePath, $"the entry is a JSON {Kind(value)}, not an object", name);
         }
 
-        if (!entry.TryGetProperty("dtype", out var dtypeElement) || dtypeElement.ValueKind != JsonValueKind.String
-            || !Enum.TryParse<SafetensorsDType>(dtypeElement.GetString(), ignoreCase: false, out var dtype)
-            || !Enum.IsDefined(dtype) || int.TryParse(dtypeElement.GetString(), out _))
+        var dtypeName = value.TryGetProperty("dtype", out var dtypeElement) && dtypeElement.ValueKind == JsonValueKind.String
+            ? dtypeElement.GetString()!
+            : throw new CheckpointFormatException(filePath, "the entry has no string 'dtype'", name);
+        if (!SafetensorsDTypeExtensions.TryParse(dtypeName, out var dtype))
         {
-            var shown = entry.TryGetProperty("dtype", out var d) ? d.GetRawText() : "nothing";
-            throw new CheckpointFormatException(filePath, $"unknown or missing dtype ({shown}).", name, 8);
+            throw new CheckpointFormatException(filePath, $"unknown or unsupported dtype '{dtypeName}'", name);
         }
 
-        if (!entry.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)
-        {
-            throw new CheckpointFormatException(filePath, "shape is missing or not an array.", name, 8);
-        }
-
-        var shape = new List<long>();
-        long elements = 1;
-        foreach (var dim in shapeElement.EnumerateArray())
-        {
-            if (dim.ValueKind != JsonValueKind.Number || !dim.TryGetInt64(out var size) || size < 0)
-            {
-                throw new CheckpointFormatException(filePath, $"shape entry {dim.GetRawText()} is not a non-negative integer.", name, 8);
-            }
-
-            shape.Add(size);
-            try
-            {
-                elements = checked(elements * size);
-            }
-            catch (OverflowException)
-            {
-                throw new CheckpointFormatException(filePath, "shape's element count overflows.", name, 8);
-            }
-        }
-
-        if (!entry.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2
-            || !offsets[0].TryGetInt64(out var begin) || !offsets[1].TryGetInt64(out var end))
-        {
-            throw new CheckpointFormatException(filePath, "data_offsets must be [begin, end] integers.", name, 8);
-        }
-
-        if (begin < 0 || end < begin || end > dataLength)
-        {
-            throw new CheckpointFormatException(filePath,
-                $"data_offsets [{begin}, {end}] lie outside the {dataLength}-byte data section.", name, dataStart + Math.Max(0, begin));
-        }
+        var shape = ReadShape(name, value, filePath);
+        var (begin, end) = ReadOffsets(name, value, dataStart, dataLength, filePath);
 
         long expectedBytes;
         try
         {
-            expectedBytes = checked(elements * ElementSize(dtype));
+            var count = 1L;
+            foreach (var dim in shape)
+            {
+                count = checked(count * dim);
+            }
+
+            expectedBytes = checked(count * dtype.ElementSize());
         }
         catch (OverflowException)
         {
-            throw new CheckpointFormatException(filePath, "shape's byte count overflows.", name, 8);
+            throw new CheckpointFormatException(filePath, $"shape [{string.Join(", ", shape)}] has more elements than a 64-bit byte count can hold", name);
         }
 
         if (end - begin != expectedBytes)
         {
-            throw new CheckpointFormatException(filePath,
-                $"holds {end - begin} bytes but shape [{string.Join(", ", shape)}] of {dtype} needs {expectedBytes}.", name, dataStart + begin);
+            throw new CheckpointFormatException(
+                filePath,
+                $"data_offsets [{begin}, {end}] span {end - begin} bytes but shape [{string.Join(", ", shape)}] of {dtypeName} needs {expectedBytes}",
+                name,
+                dataStart + begin);
         }
 
-        return new SafetensorsTensorInfo(name, dtype, shape, dataStart + begin, dataStart + end);
+        return new SafetensorsTensorInfo(name, dtype, Array.AsReadOnly(shape), dataStart + begin, dataStart + end);
     }
 
-    private static void CheckOverlaps(IEnumerable<SafetensorsTensorInfo> tensors, string filePath)
+    private static long[] ReadShape(string name, JsonElement value, string filePath)
     {
-        SafetensorsTensorInfo? previous = null;
-        foreach (var t in tensors.Where(t => t.ByteLength > 0).OrderBy(t => t.DataBegin))
+        if (!value.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)
         {
-            if (previous is not null && t.DataBegin < previous.DataEnd)
+            throw new CheckpointFormatException(filePath, "the entry has no array 'shape'", name);
+        }
+
+        var shape = new long[shapeElement.GetArrayLength()];
+        var i = 0;
+        foreach (var dim in shapeElement.EnumerateArray())
+        {
+            if (dim.ValueKind != JsonValueKind.Number || !dim.TryGetInt64(out var size) || size < 0)
             {
-                throw new CheckpointFormatException(filePath, $"data overlaps tensor '{previous.Name}'.", t.Name, t.DataBegin);
+                throw new CheckpointFormatException(filePath, $"shape dimension {i} is {Describe(dim)}, not a non-negative 64-bit integer", name);
             }
 
-            previous = t;
+            shape[i++] = size;
         }
+
+        return shape;
+    }
+
+    private static (long Begin, long End) ReadOffsets(string name, JsonElement value, long dataStart, long dataLength, string filePath)
+    {
+        if (!value.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2)
+        {
+            throw new CheckpointFormatException(filePath, "the entry has no 'data_offsets' array of two integers", name);
+        }
+
+        var begin = ReadOffset(name, offsets[0], "begin", filePath);
+        var end = ReadOffset(name, offsets[1], "end", filePath);
+        if (begin > end)
+        {
+            throw new CheckpointFormatException(filePath, $"data_offsets begin {begin} is after end {end}", name, dataStart + begin);
+        }
+
+        if (end > dataLength)
+        {
+            throw new CheckpointFormatException(
+                filePath,
+                $"data_offsets end {end} is past the {dataLength}-byte data region (file ends at {dataStart + dataLength})",
+                name,
+                dataStart + begin);
+        }
+
+        return (begin, end);
+    }
+
+    private static long ReadOffset(string name, JsonElement element, string which, string filePath) =>
+        element.ValueKind == JsonValueKind.Number && element.TryGetInt64(out var offset) && offset >= 0
+            ? offset
+            : throw new CheckpointFormatException(filePath, $"data_offsets {which} is {Describe(element)}, not a non-negative 64-bit integer", name);
+
+    private static void CheckNoOverlap(IEnumerable<SafetensorsTensorInfo> tensors, string filePath)
+    {
+        // Empty tensors occupy no bytes, so they cannot collide with anything wherever they point.
+        var occupied = tensors.Where(t => t.ByteLength > 0).OrderBy(t => t.DataBegin).ThenBy(t => t.DataEnd).ToArray();
+        for (var i = 1; i < occupied.Length; i++)
+        {
+            var (previous, current) = (occupied[i - 1], occupied[i]);
+            if (current.DataBegin < previous.DataEnd)
+            {
+                throw new CheckpointFormatException(
+                    filePath,
+                    $"its data (file bytes {current.DataBegin}..{current.DataEnd}) overlaps tensor '{previous.Name}' (file bytes {previous.DataBegin}..{previous.DataEnd})",
+                    current.Name,
+                    current.DataBegin);
+            }
+        }
+    }
+
+    private static int FirstInvalidUtf8(ReadOnlySpan<byte> bytes)
+    {
+        var index = 0;
+        while (index < bytes.Length && Rune.DecodeFromUtf8(bytes[index..], out _, out var consumed) == OperationStatus.Done)
+        {
+            index += consumed;
+        }
+
+        return index;
+    }
+
+    private static string Kind(JsonElement element) => element.ValueKind.ToString().ToLowerInvariant();
+
+    private static string Describe(JsonElement element)
+    {
+        var text = element.GetRawText();
+        return text.Length <= 40 ? text : string.Concat(text.AsSpan(0, 40), "...");
     }
 }
