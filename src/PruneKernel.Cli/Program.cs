@@ -1,7 +1,3 @@
-using System.CommandLine;
-using PruneKernel.Cli.Commands;
+using PruneKernel.Cli;
 
-var root = new RootCommand("prunekernel: local LLaVA-family vision-language models with attention-based context pruning.");
-root.Add(GenerateCommand.Create());
-root.Add(ChatCommand.Create());
-return await root.Parse(args).InvokeAsync();
+return await CliApp.RunAsync(args, Console.Out, Console.Error);

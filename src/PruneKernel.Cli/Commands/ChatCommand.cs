@@ -16,7 +16,7 @@ internal static class ChatCommand
         model.AddTo(command);
         command.Add(image);
         command.Add(system);
-        command.SetAction((r, ct) => CliErrors.Run(async () =>
+        command.SetAction((r, ct) => CliErrors.Run(r, async output =>
         {
             var images = r.GetValue(image) is { } file ? new[] { ImageDecoder.Load(file.FullName) } : [];
             using var lvlm = Lvlm.Load(r.GetValue(model.Model)!, model.LoadOptions(r), ct);
@@ -29,7 +29,7 @@ internal static class ChatCommand
             var options = model.GenerationOptions(r);
             while (true)
             {
-                await Console.Out.WriteAsync("you> ");
+                await output.WriteAsync("you> ");
                 var line = await Console.In.ReadLineAsync(ct);
                 if (string.IsNullOrWhiteSpace(line))
                 {
@@ -40,15 +40,15 @@ internal static class ChatCommand
                 var first = !history.Any(m => m.Role == PromptRole.User);
                 history.Add(PromptMessage.User(line, first ? images.Length : 0));
                 var prompt = lvlm.CreatePrompt(history, images);
-                await Console.Out.WriteAsync("model> ");
+                await output.WriteAsync("model> ");
                 Generation.GenerationResult? result = null;
                 foreach (var update in lvlm.GenerateStreaming(prompt, options, ct))
                 {
-                    await Console.Out.WriteAsync(update.TextDelta);
+                    await output.WriteAsync(update.TextDelta);
                     result = update.Result ?? result;
                 }
 
-                await Console.Out.WriteLineAsync();
+                await output.WriteLineAsync();
                 history.Add(PromptMessage.Assistant(result!.Text));
             }
         }));

@@ -23,7 +23,7 @@ internal static class GenerateCommand
         command.Add(prompt);
         command.Add(raw);
         command.Add(format);
-        command.SetAction((r, ct) => CliErrors.Run(async () =>
+        command.SetAction((r, ct) => CliErrors.Run(r, async output =>
         {
             var images = r.GetValue(image) is { } file ? new[] { ImageDecoder.Load(file.FullName) } : [];
             using var lvlm = Lvlm.Load(r.GetValue(model.Model)!, model.LoadOptions(r), ct);
@@ -35,16 +35,16 @@ internal static class GenerateCommand
             if (r.GetValue(format) == "json")
             {
                 var result = lvlm.Generate(lvlmPrompt, options, ct);
-                Console.WriteLine(ToJson(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                await output.WriteLineAsync(ToJson(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                 return 0;
             }
 
             foreach (var update in lvlm.GenerateStreaming(lvlmPrompt, options, ct))
             {
-                Console.Write(update.TextDelta);
+                await output.WriteAsync(update.TextDelta);
             }
 
-            Console.WriteLine();
+            await output.WriteLineAsync();
             return 0;
         }));
         return command;

@@ -1,0 +1,19 @@
+using System.CommandLine;
+using PruneKernel.Cli.Commands;
+
+namespace PruneKernel.Cli;
+
+/// <summary>The prunekernel command tree, runnable with any output writers (the tests capture them).</summary>
+internal static class CliApp
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("prunekernel: local LLaVA-family vision-language models with attention-based context pruning.");
+        root.Add(GenerateCommand.Create());
+        root.Add(ChatCommand.Create());
+        return root;
+    }
+
+    public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default) =>
+        Build().Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error }, cancellationToken);
+}

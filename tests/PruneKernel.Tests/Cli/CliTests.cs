@@ -1,0 +1,89 @@
+using System.Text.Json;
+using PruneKernel.Cli;
+
+namespace PruneKernel.Tests.Cli;
+
+/// <summary>The prunekernel command line, run in-process with captured output.</summary>
+public sealed class CliTests
+{
+    private static readonly string Model = Fixtures.Model("llava-tiny-f32");
+    private static readonly string Image = Fixtures.Path("images", "img03.png");
+
+    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
+    {
+        using var output = new StringWriter();
+        using var error = new StringWriter();
+        var code = await CliApp.RunAsync(args, output, error, TestContext.Current.CancellationToken);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public async Task GenerateJsonHasTheDocumentedFields()
+    {
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "What is in this image?", "--max-new-tokens", "6", "--format", "json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        var root = json.RootElement;
+        Assert.Equal(6, root.GetProperty("output_token_ids").GetArrayLength());
+        Assert.True(root.GetProperty("prompt_token_count").GetInt32() > 16);
+        Assert.False(string.IsNullOrEmpty(root.GetProperty("output_text").GetString()));
+        Assert.True(root.GetProperty("timings_ms").GetProperty("prefill").GetDouble() > 0);
+    }
+
+    [Fact]
+    public async Task StreamedTextEqualsJsonText()
+    {
+        var json = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe.", "--max-new-tokens", "8", "--format", "json");
+        var text = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe.", "--max-new-tokens", "8");
+        using var document = JsonDocument.Parse(json.Out);
+        Assert.Equal(document.RootElement.GetProperty("output_text").GetString() + Environment.NewLine, text.Out);
+    }
+
+    [Fact]
+    public async Task RawPromptMatchesTheTemplatedOne()
+    {
+        var templated = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe.", "--max-new-tokens", "5", "--format", "json");
+        var raw = await Run("generate", "--model", Model, "--image", Image, "--prompt", "USER: <image>\nDescribe. ASSISTANT:", "--raw", "--max-new-tokens", "5", "--format", "json");
+        Assert.Equal(JsonDocument.Parse(templated.Out).RootElement.GetProperty("output_token_ids").ToString(),
+            JsonDocument.Parse(raw.Out).RootElement.GetProperty("output_token_ids").ToString());
+    }
+
+    [Theory]
+    [InlineData("--image", "/no/such/image.png", "/no/such/image.png")]
+    [InlineData("--model", "/no/such/model", "/no/such/model")]
+    [InlineData("--device", "tpu", "tpu")]
+    [InlineData("--dtype", "int3", "int3")]
+    public async Task BadInputIsOneLineAndExitCodeTwo(string option, string value, string named)
+    {
+        var args = new List<string> { "generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--max-new-tokens", "2" };
+        var at = args.IndexOf(option);
+        if (at < 0)
+        {
+            args.AddRange([option, value]);
+        }
+        else
+        {
+            args[at + 1] = value;
+        }
+
+        var (code, _, stderr) = await Run([.. args]);
+        Assert.True(code == 2, $"exit {code}: {stderr}");
+        Assert.StartsWith("error: ", stderr, StringComparison.Ordinal);
+        Assert.Contains(named, stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RawPromptWithoutPlaceholderIsRejected()
+    {
+        var (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "USER: hi ASSISTANT:", "--raw");
+        Assert.Equal(2, code);
+        Assert.Contains("placeholder", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task MissingPromptIsAUsageError()
+    {
+        var (code, _, _) = await Run("generate", "--model", Model);
+        Assert.NotEqual(0, code);
+    }
+}
