@@ -94,7 +94,7 @@ public sealed record GenerationDefaults
             throw new ModelConfigException($"{path}: cannot read ({e.Message}).", e);
         }
 
-        var r = new Models.Llava.ConfigReader(json, path);
+        var r = new ConfigReader(json, path);
         var defaults = new GenerationDefaults();
         return new GenerationDefaults
         {

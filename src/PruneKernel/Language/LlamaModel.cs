@@ -1,4 +1,4 @@
-using PruneKernel.Models.Llava;
+
 using TorchSharp;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;

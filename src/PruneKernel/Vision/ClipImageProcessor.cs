@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using PruneKernel.Models.Llava;
+
 
 namespace PruneKernel.Vision;
 

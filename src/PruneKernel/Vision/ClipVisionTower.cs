@@ -1,5 +1,5 @@
 using PruneKernel.Language;
-using PruneKernel.Models.Llava;
+
 using TorchSharp;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;

@@ -1,0 +1,69 @@
+using System.Text.Json.Nodes;
+using PruneKernel.Language;
+
+namespace PruneKernel.Vision;
+
+/// <summary>The CLIP vision tower configuration: a LLaVA config.json's vision_config.</summary>
+public sealed record VisionConfig
+{
+    /// <summary>Width of the vision transformer.</summary>
+    public required int HiddenSize { get; init; }
+
+    /// <summary>MLP width.</summary>
+    public required int IntermediateSize { get; init; }
+
+    /// <summary>Encoder layers.</summary>
+    public required int NumHiddenLayers { get; init; }
+
+    /// <summary>Attention heads.</summary>
+    public required int NumAttentionHeads { get; init; }
+
+    /// <summary>Input side in pixels.</summary>
+    public required int ImageSize { get; init; }
+
+    /// <summary>Patch side in pixels.</summary>
+    public required int PatchSize { get; init; }
+
+    /// <summary>Input channels.</summary>
+    public required int NumChannels { get; init; }
+
+    /// <summary>LayerNorm epsilon.</summary>
+    public required double LayerNormEps { get; init; }
+
+    /// <summary>MLP activation ("quick_gelu" for CLIP).</summary>
+    public required string HiddenAct { get; init; }
+
+    /// <summary>Builds a vision configuration from its JSON object (null: LLaVA-1.5's CLIP ViT-L/14-336).</summary>
+    public static VisionConfig Parse(JsonObject? json, string source)
+    {
+        var r = new ConfigReader(json ?? [], source);
+        var type = r.String("model_type", "clip_vision_model");
+        if (type != "clip_vision_model")
+        {
+            throw new ModelConfigException($"{source}: vision model_type '{type}' is not supported (supported: clip_vision_model).");
+        }
+
+        // LlavaConfig's own defaults when vision_config is absent are CLIP ViT-L/14 at 336 px.
+        var absent = json is null;
+        var config = new VisionConfig
+        {
+            HiddenSize = r.Positive("hidden_size", absent ? 1024 : 768),
+            IntermediateSize = r.Positive("intermediate_size", absent ? 4096 : 3072),
+            NumHiddenLayers = r.Positive("num_hidden_layers", absent ? 24 : 12),
+            NumAttentionHeads = r.Positive("num_attention_heads", absent ? 16 : 12),
+            ImageSize = r.Positive("image_size", absent ? 336 : 224),
+            PatchSize = r.Positive("patch_size", absent ? 14 : 32),
+            NumChannels = r.Positive("num_channels", 3),
+            LayerNormEps = r.Double("layer_norm_eps", 1e-5),
+            HiddenAct = r.String("hidden_act", "quick_gelu"),
+        };
+        _ = Activations.Resolve(config.HiddenAct, source + " hidden_act");
+        if (config.HiddenSize % config.NumAttentionHeads != 0 || config.ImageSize % config.PatchSize != 0)
+        {
+            throw new ModelConfigException(
+                $"{source}: hidden_size {config.HiddenSize} must divide by the heads and image_size {config.ImageSize} by patch_size {config.PatchSize}.");
+        }
+
+        return config;
+    }
+}
