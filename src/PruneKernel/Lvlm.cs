@@ -2,6 +2,7 @@ using System.Diagnostics;
 using PruneKernel.Checkpoints;
 using PruneKernel.Generation;
 using PruneKernel.Models.Llava;
+using PruneKernel.Pruning;
 using PruneKernel.Runtime;
 using PruneKernel.Text;
 using PruneKernel.Vision;
@@ -151,7 +152,28 @@ public sealed class Lvlm : IDisposable
             }
         }
 
-        return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds);
+        var layout = new PromptLayout(
+            expanded.Select(id => id == Config.ImageTokenId).ToArray(),
+            TailStart(expanded, ChatTemplate.GenerationPrompt) ?? expanded.Count - 1,
+            TailStart(expanded, ChatTemplate.UserTurnMarker));
+        return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds, layout);
+    }
+
+    /// <summary>
+    /// Start of the shortest suffix of <paramref name="ids"/> whose text contains <paramref name="marker"/> (searched
+    /// within the last 512 tokens), or null. Token text, not token ids, so any tokenisation of the marker is found.
+    /// </summary>
+    private int? TailStart(List<int> ids, string marker)
+    {
+        for (var k = 1; k <= Math.Min(ids.Count, 512); k++)
+        {
+            if (Tokenizer.Decode(ids.Skip(ids.Count - k), skipSpecialTokens: false).Contains(marker, StringComparison.Ordinal))
+            {
+                return ids.Count - k;
+            }
+        }
+
+        return null;
     }
 
     /// <summary>Generates a completion for the prompt.</summary>

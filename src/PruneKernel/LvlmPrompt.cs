@@ -1,3 +1,4 @@
+using PruneKernel.Pruning;
 using PruneKernel.Vision;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,8 +8,9 @@ namespace PruneKernel;
 /// <summary>A tokenized prompt with its preprocessed images, ready for generation.</summary>
 public sealed class LvlmPrompt
 {
-    internal LvlmPrompt(string text, IReadOnlyList<int> inputIds, IReadOnlyList<PixelValues> images, double preprocessMs)
+    internal LvlmPrompt(string text, IReadOnlyList<int> inputIds, IReadOnlyList<PixelValues> images, double preprocessMs, PromptLayout layout)
     {
+        Layout = layout;
         Text = text;
         InputIds = inputIds;
         Images = images;
@@ -26,6 +28,9 @@ public sealed class LvlmPrompt
 
     /// <summary>Time spent preprocessing the images.</summary>
     public double PreprocessMs { get; }
+
+    /// <summary>Image positions and protected spans, for context pruning.</summary>
+    internal PromptLayout Layout { get; }
 
     /// <summary>Stacks the images into one [N, C, H, W] float32 CPU tensor.</summary>
     internal Tensor PixelTensor()

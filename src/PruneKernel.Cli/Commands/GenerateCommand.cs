@@ -65,5 +65,30 @@ internal static class GenerateCommand
             ["decode"] = Math.Round(result.Timings.DecodeMs, 3),
             ["total"] = Math.Round(result.Timings.TotalMs, 3),
         },
+        ["pruning"] = result.Pruning is { } report ? ToJson(report) : null,
+    };
+
+    internal static JsonObject ToJson(Pruning.PruningReport report) => new()
+    {
+        ["rate"] = report.Rate,
+        ["prompt_tokens"] = report.PromptTokens,
+        ["visual_tokens"] = report.VisualTokens,
+        ["initial_candidates"] = report.InitialCandidates,
+        ["tokens_at_last_layer"] = report.TokensAtLastLayer,
+        ["scoring_ms"] = Math.Round(report.ScoringMs, 3),
+        ["options"] = JsonNode.Parse(report.Options.ToJson()),
+        ["layers"] = new JsonArray([.. report.Layers.Select(l => (JsonNode)new JsonObject
+        {
+            ["layer"] = l.Layer,
+            ["candidates_before"] = l.CandidatesBefore,
+            ["candidates_after"] = l.CandidatesAfter,
+            ["kept_indices"] = new JsonArray([.. l.KeptIndices.Select(i => (JsonNode)i)]),
+            ["visual_share_before"] = l.VisualShareBefore,
+            ["visual_share_after"] = l.VisualShareAfter,
+            ["visual_share_max_before"] = l.VisualShareMaxBefore,
+            ["visual_share_max_after"] = l.VisualShareMaxAfter,
+            ["entropy_before"] = l.EntropyBefore,
+            ["entropy_after"] = l.EntropyAfter,
+        })]),
     };
 }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using PruneKernel.Generation;
+using PruneKernel.Pruning;
 
 namespace PruneKernel.Cli.Commands;
 
@@ -28,9 +29,31 @@ internal sealed class ModelOptions
 
     public Option<string[]> Stop { get; } = new("--stop") { Description = "Stop sequence (repeatable).", AllowMultipleArgumentsPerToken = false };
 
+    public Option<double?> PruneRate { get; } = new("--prune-rate") { Description = "Context pruning: share n of text candidates dropped per step (paper: 0.3). Any --prune-* option turns pruning on." };
+
+    public Option<int?> PruneLayers { get; } = new("--prune-layers") { Description = "Context pruning: number m of pruning layers (paper: 10)." };
+
+    public Option<int?> PruneStartLayer { get; } = new("--prune-start-layer") { Description = "Context pruning: first pruning layer, 0-based (default 0)." };
+
+    public Option<PruningSchedule?> PruneSchedule { get; } = new("--prune-schedule") { Description = "Context pruning: Progressive (default) or Once." };
+
+    public Option<PruningStrategy?> PruneStrategy { get; } = new("--prune-strategy") { Description = "Context pruning: Attention (default), Random, SpAtten (Threshold needs calibrated thresholds)." };
+
+    public Option<HeadAggregation?> PruneAggregation { get; } = new("--prune-aggregation") { Description = "Context pruning: Max (default) or Mean over heads." };
+
+    public Option<ScoreNormalization?> PruneNormalization { get; } = new("--prune-normalization") { Description = "Context pruning: Raw (default) or PerVisibleQuery." };
+
+    public Option<int?> PruneSeed { get; } = new("--prune-seed") { Description = "Context pruning: seed of the Random strategy." };
+
+    public Option<bool> PruneProtectUserTurn { get; } = new("--prune-protect-user-turn") { Description = "Context pruning: never prune the last user turn." };
+
     public void AddTo(Command command)
     {
-        foreach (var option in new Option[] { Model, Device, DType, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop })
+        foreach (var option in new Option[]
+        {
+            Model, Device, DType, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop, PruneRate, PruneLayers, PruneStartLayer,
+            PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn,
+        })
         {
             command.Add(option);
         }
@@ -46,7 +69,32 @@ internal sealed class ModelOptions
         TopK = r.GetValue(TopK),
         Seed = r.GetValue(Seed),
         StopSequences = r.GetValue(Stop) ?? [],
+        Pruning = PruningOptions(r),
     };
+
+    /// <summary>Null unless a --prune-* option was given; unset ones keep the paper's defaults.</summary>
+    private ContextPruningOptions? PruningOptions(ParseResult r)
+    {
+        Option[] all = [PruneRate, PruneLayers, PruneStartLayer, PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn];
+        if (!all.Any(o => r.GetResult(o) is { Implicit: false }))
+        {
+            return null;
+        }
+
+        var defaults = new ContextPruningOptions();
+        return defaults with
+        {
+            Rate = r.GetValue(PruneRate) ?? defaults.Rate,
+            Layers = r.GetValue(PruneLayers) ?? defaults.Layers,
+            StartLayer = r.GetValue(PruneStartLayer) ?? defaults.StartLayer,
+            Schedule = r.GetValue(PruneSchedule) ?? defaults.Schedule,
+            Strategy = r.GetValue(PruneStrategy) ?? defaults.Strategy,
+            Aggregation = r.GetValue(PruneAggregation) ?? defaults.Aggregation,
+            Normalization = r.GetValue(PruneNormalization) ?? defaults.Normalization,
+            Seed = r.GetValue(PruneSeed) ?? defaults.Seed,
+            ProtectLastUserTurn = r.GetValue(PruneProtectUserTurn),
+        };
+    }
 
     /// <summary>models/default next to the app, or in the current directory's repository.</summary>
     private static string DefaultModelFolder()

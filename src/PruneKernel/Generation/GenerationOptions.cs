@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using PruneKernel.Pruning;
 
 namespace PruneKernel.Generation;
 
@@ -22,6 +23,9 @@ public sealed record GenerationOptions
 
     /// <summary>Texts that end generation; the stop text itself is not returned.</summary>
     public IReadOnlyList<string> StopSequences { get; init; } = [];
+
+    /// <summary>Context pruning for the prompt pass; null or disabled runs the plain forward pass.</summary>
+    public ContextPruningOptions? Pruning { get; init; }
 
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid value.</summary>
     public void Validate()
@@ -160,6 +164,9 @@ public sealed record GenerationResult
 
     /// <summary>Where the time went.</summary>
     public required GenerationTimings Timings { get; init; }
+
+    /// <summary>What context pruning did, when it ran.</summary>
+    public PruningReport? Pruning { get; init; }
 }
 
 /// <summary>One streamed step: the token just generated and the text that became final with it (may be empty).</summary>

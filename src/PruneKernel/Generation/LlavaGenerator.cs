@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using PruneKernel.Language;
 using PruneKernel.Models.Llava;
+using PruneKernel.Pruning;
 using PruneKernel.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -27,6 +28,9 @@ internal static class LlavaGenerator
             throw new ContextLengthExceededException(promptLength, maxNew, context);
         }
 
+        var pruning = options.Pruning is { Enabled: true } p ? p : null;
+        pruning?.Validate(model.Config.Text.NumHiddenLayers);
+        var pruner = pruning is null ? null : new ContextPruner(pruning, prompt.Layout);
         var temperature = options.Temperature ?? (defaults.DoSample ? defaults.Temperature : 0f);
         using var sampler = new Sampler(temperature, options.TopK ?? defaults.TopK, options.TopP ?? defaults.TopP, options.Seed);
         var eos = defaults.EosTokenIds.ToHashSet();
@@ -55,8 +59,9 @@ internal static class LlavaGenerator
             var ids = torch.tensor(prompt.InputIds.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64).unsqueeze(0);
             var embeds = model.EmbedPrompt(ids, images);
             var positions = torch.arange(promptLength, dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
-            var hidden = model.language_model.forward(embeds, positions, cache);
-            var logits = model.Logits(hidden.narrow(1, promptLength - 1, 1))[0, 0];
+            var hidden = model.language_model.forward(embeds, positions, cache, selector: pruner);
+            // The last prompt token is protected, so it is the last row whatever was pruned.
+            var logits = model.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
             next = maxNew == 0 ? -1 : sampler.Next(logits);
             prefillMs = watch.Elapsed.TotalMilliseconds;
         }
@@ -108,6 +113,7 @@ internal static class LlavaGenerator
             OutputTokenIds = output,
             Text = stops.Text,
             FinishReason = finish,
+            Pruning = pruner?.Report(),
             Timings = new GenerationTimings
             {
                 ImagePreprocessMs = prompt.PreprocessMs,

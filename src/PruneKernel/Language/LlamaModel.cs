@@ -63,8 +63,11 @@ internal sealed class LlamaAttention : nn.Module
 
     public Linear o_proj { get; }
 
-    /// <summary>x [B, T, D] at positions [B, T]; the cache (if any) receives this step's keys and values.</summary>
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache)
+    /// <summary>
+    /// x [B, T, D] at positions [B, T]; the cache (if any) receives this step's keys and values. With a
+    /// <paramref name="summary"/>, the attention probabilities are also summarised for token selection.
+    /// </summary>
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
@@ -86,6 +89,8 @@ internal sealed class LlamaAttention : nn.Module
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
             v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
         }
+
+        summary?.Compute(q, k);
 
         var mask = AttentionMask(t, k.shape[2], past, positionIds, x.device);
         var o = mask is null
@@ -173,10 +178,10 @@ internal sealed class LlamaDecoderLayer : nn.Module
 
     public LlamaMlp mlp { get; }
 
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache)
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, positionIds, cache);
+        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, positionIds, cache, summary);
         return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
     }
 }
@@ -208,20 +213,30 @@ internal sealed class LlamaModel : nn.Module
     public RmsNorm norm { get; }
 
     /// <summary>
-    /// Runs the decoder over embeddings [B, T, D] at positions [B, T] and returns the final normed states.
-    /// The whole pass is this loop; context pruning (a later stage) acts between iterations by shortening
-    /// hidden and positionIds, which is why positions travel explicitly and caches are per layer.
+    /// Runs the decoder over embeddings [B, T, D] at positions [B, T] and returns the final normed states of the tokens
+    /// that reach the last layer. This loop is the whole pass. A <paramref name="selector"/> (context pruning) may drop
+    /// tokens between layers: hidden states, positions and rotary tables shrink together, kept tokens keep their
+    /// original positions, and each layer's cache holds exactly the tokens that layer saw.
     /// </summary>
-    public Tensor forward(Tensor hidden, Tensor positionIds, DecoderCache? cache, List<Tensor>? layerOutputs = null)
+    public Tensor forward(Tensor hidden, Tensor positionIds, DecoderCache? cache, List<Tensor>? layerOutputs = null, IDecoderTokenSelector? selector = null)
     {
         using var scope = NewDisposeScope();
         var (cos, sin) = _rope.Tables(positionIds, hidden.dtype);
         for (var i = 0; i < layers.Count; i++)
         {
-            hidden = layers[i].forward(hidden, cos, sin, positionIds, cache?.Layers[i]);
+            using var summary = selector?.WantsAttention(i) == true ? new AttentionSummary() : null;
+            hidden = layers[i].forward(hidden, cos, sin, positionIds, cache?.Layers[i], summary);
             if (layerOutputs is not null)
             {
                 layerOutputs.Add(hidden.MoveToOuterDisposeScope());
+            }
+
+            if (summary is not null && selector!.SelectAfterLayer(i, summary) is { } keep)
+            {
+                hidden = hidden.index_select(1, keep);
+                positionIds = positionIds.index_select(1, keep);
+                cos = cos.index_select(1, keep);
+                sin = sin.index_select(1, keep);
             }
         }
 

@@ -54,9 +54,8 @@ internal sealed class BytePairEncoder
     /// <summary>
     /// transformers 5's SentencePieceExtractor: for every piece in id order (which is the model's score order, except that
     /// Llama gives whitespace runs such as "▁▁" a sentinel score while keeping them at low ids), every split into two
-    /// vocabulary pieces, ordered by (left id, right id). The merge rank is the position in that list. transformers orders
-    /// the splits of one piece by a hash map's iteration, so where tokenizer.json exists its merges are used instead; the
-    /// order inside one piece's splits matters only for overlapping alternatives such as "a"+"aa" versus "aa"+"a".
+    /// vocabulary pieces, by split position. The merge rank is the position in that list; tokenizer.json's merges, when
+    /// present, are used as they are.
     /// </summary>
     internal static List<(string Left, string Right)> DeriveMerges(IReadOnlyList<Piece> pieces, IReadOnlyDictionary<string, int> vocab)
     {
@@ -81,7 +80,7 @@ internal sealed class BytePairEncoder
                 }
             }
 
-            merges.AddRange(local.OrderBy(m => vocab[m.Left]).ThenBy(m => vocab[m.Right]));
+            merges.AddRange(local);
         }
 
         return merges;

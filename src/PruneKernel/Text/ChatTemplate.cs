@@ -48,6 +48,12 @@ public interface IChatTemplate
     /// <summary>The placeholder that marks where an image's tokens go.</summary>
     string ImageToken { get; }
 
+    /// <summary>The text that opens the assistant's turn at the end of a prompt (protected from pruning).</summary>
+    string GenerationPrompt { get; }
+
+    /// <summary>The text that opens a user turn (used to find the last user turn).</summary>
+    string UserTurnMarker { get; }
+
     /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> it ends where the assistant's answer starts.</summary>
     string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt);
 }
@@ -63,6 +69,12 @@ public sealed class Llava15ChatTemplate : IChatTemplate
 
     /// <inheritdoc />
     public string ImageToken => "<image>";
+
+    /// <inheritdoc />
+    public string GenerationPrompt => "ASSISTANT:";
+
+    /// <inheritdoc />
+    public string UserTurnMarker => "USER:";
 
     /// <inheritdoc />
     public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
@@ -89,7 +101,7 @@ public sealed class Llava15ChatTemplate : IChatTemplate
 
         if (addGenerationPrompt)
         {
-            text.Append("ASSISTANT:");
+            text.Append(GenerationPrompt);
         }
 
         return text.ToString();

@@ -1,0 +1,186 @@
+using System.Diagnostics;
+using PruneKernel.Language;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Pruning;
+
+/// <summary>Which prompt positions are visual and which may never be pruned.</summary>
+/// <param name="Visual">Per prompt position: an image token.</param>
+/// <param name="HeaderStart">First position of the assistant header (the template's generation prompt), or the last position.</param>
+/// <param name="LastUserTurnStart">First position of the last user turn, or null if it was not found.</param>
+internal sealed record PromptLayout(bool[] Visual, int HeaderStart, int? LastUserTurnStart)
+{
+    /// <summary>BOS, visual tokens, the assistant header and the last token; optionally the last user turn.</summary>
+    public bool[] Protected(bool protectLastUserTurn)
+    {
+        var keep = (bool[])Visual.Clone();
+        keep[0] = true;
+        var from = protectLastUserTurn && LastUserTurnStart is int user ? Math.Min(user, HeaderStart) : HeaderStart;
+        for (var i = Math.Max(0, Math.Min(from, keep.Length - 1)); i < keep.Length; i++)
+        {
+            keep[i] = true;
+        }
+
+        return keep;
+    }
+}
+
+/// <summary>
+/// The pruning method as a decoder token selector: scores tokens from a layer's attention summary, chooses what to
+/// drop per the options, and records the report. One instance serves one prompt pass.
+/// </summary>
+internal sealed class ContextPruner : IDecoderTokenSelector
+{
+    private readonly ContextPruningOptions _options;
+    private readonly bool[] _visual;
+    private readonly bool[] _protected;
+    private readonly double _rate;
+    private readonly double[] _accumulated;
+    private readonly Random _random;
+    private readonly List<PruningLayerReport> _layers = [];
+    private readonly Stopwatch _scoring = new();
+    private readonly int _initialCandidates;
+    private int[] _original;
+
+    public ContextPruner(ContextPruningOptions options, PromptLayout layout)
+    {
+        _options = options;
+        _visual = layout.Visual;
+        _protected = layout.Protected(options.ProtectLastUserTurn);
+        _original = Enumerable.Range(0, _visual.Length).ToArray();
+        _accumulated = new double[_visual.Length];
+        _random = new Random(options.Seed);
+        _initialCandidates = _protected.Count(p => !p);
+        var textTokens = _visual.Count(v => !v);
+        _rate = options.DynamicRate?.RateFor(textTokens) ?? options.Rate;
+    }
+
+    private int LastLayer => _options.StartLayer + _options.Layers - 1;
+
+    public bool WantsAttention(int layer) => layer >= _options.StartLayer && layer <= LastLayer;
+
+    public Tensor? SelectAfterLayer(int layer, AttentionSummary summary)
+    {
+        if (summary.ColumnSums!.device_type == DeviceType.CUDA)
+        {
+            torch.cuda.synchronize(); // so the stopwatch measures scoring, not the layer still running
+        }
+
+        _scoring.Start();
+        using var scope = NewDisposeScope();
+        var scores = TokenScores(summary.ColumnSums);
+        var candidates = Enumerable.Range(0, _original.Length).Where(j => !_protected[_original[j]]).ToArray();
+        var drop = ChooseDrops(layer, scores, candidates);
+        var keep = Enumerable.Range(0, _original.Length).Where(j => !drop.Contains(j)).ToArray();
+        _layers.Add(Describe(layer, summary.LastRow!, candidates.Length - drop.Count, keep));
+        _original = keep.Select(j => _original[j]).ToArray();
+        var selection = drop.Count == 0 ? null
+            : torch.tensor(keep.Select(j => (long)j).ToArray(), ScalarType.Int64).to(summary.ColumnSums.device).MoveToOuterDisposeScope();
+        _scoring.Stop();
+        return selection;
+    }
+
+    /// <summary>One score per current token, normalised per the options (SpAtten sums heads, as its paper does).</summary>
+    private double[] TokenScores(Tensor columnSums)
+    {
+        var perToken = _options.Strategy == PruningStrategy.SpAtten ? columnSums.sum(0)
+            : _options.Aggregation == HeadAggregation.Max ? columnSums.max(0).values
+            : columnSums.mean([0L]);
+        var scores = perToken.to(ScalarType.Float64).cpu().data<double>().ToArray();
+        if (_options.Normalization == ScoreNormalization.PerVisibleQuery && _options.Strategy != PruningStrategy.SpAtten)
+        {
+            for (var j = 0; j < scores.Length; j++)
+            {
+                scores[j] /= scores.Length - j; // causal: queries j..T-1 can see token j
+            }
+        }
+
+        return scores;
+    }
+
+    private HashSet<int> ChooseDrops(int layer, double[] scores, int[] candidates)
+    {
+        var count = (int)Math.Floor(_rate * candidates.Length);
+        var onceAndNotLast = _options.Schedule == PruningSchedule.Once && layer != LastLayer;
+        switch (_options.Strategy)
+        {
+            case PruningStrategy.Random:
+                return onceAndNotLast ? [] : candidates.OrderBy(_ => _random.Next()).Take(count).ToHashSet();
+
+            case PruningStrategy.Threshold:
+                var threshold = _options.Thresholds![layer - _options.StartLayer];
+                return candidates.Where(j => scores[j] < threshold).ToHashSet();
+
+            case PruningStrategy.SpAtten:
+                Accumulate(scores);
+                return Lowest(candidates, j => _accumulated[_original[j]], count);
+
+            default:
+                if (_options.Schedule == PruningSchedule.Once)
+                {
+                    Accumulate(scores);
+                    return onceAndNotLast ? [] : Lowest(candidates, j => _accumulated[_original[j]], count);
+                }
+
+                return Lowest(candidates, j => scores[j], count);
+        }
+    }
+
+    private void Accumulate(double[] scores)
+    {
+        for (var j = 0; j < scores.Length; j++)
+        {
+            _accumulated[_original[j]] += scores[j];
+        }
+    }
+
+    /// <summary>The <paramref name="count"/> lowest-scoring candidates; ties go to the earlier token.</summary>
+    private static HashSet<int> Lowest(int[] candidates, Func<int, double> score, int count) =>
+        candidates.OrderBy(score).ThenBy(j => j).Take(count).ToHashSet();
+
+    /// <summary>D_vis and entropy of the last query's row, over all keys and over the kept keys (renormalised).</summary>
+    private PruningLayerReport Describe(int layer, Tensor lastRow, int candidatesAfter, int[] keep)
+    {
+        var visual = torch.tensor(_original.Select(i => _visual[i]).ToArray()).to(lastRow.device);
+        var kept = torch.zeros([_original.Length], ScalarType.Bool, lastRow.device)
+            .index_fill_(0, torch.tensor(keep.Select(j => (long)j).ToArray()).to(lastRow.device), true);
+        var before = lastRow.to(ScalarType.Float64);
+        var after = before * kept;
+        after = after / after.sum(-1, keepdim: true);
+        (double Mean, double Max) Share(Tensor p)
+        {
+            var share = (p * visual).sum(-1);
+            return (share.mean().item<double>(), share.max().item<double>());
+        }
+
+        double Entropy(Tensor p) => (-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)).mean().item<double>();
+        var (meanBefore, maxBefore) = Share(before);
+        var (meanAfter, maxAfter) = Share(after);
+        return new PruningLayerReport
+        {
+            Layer = layer,
+            CandidatesBefore = _original.Count(i => !_protected[i]),
+            CandidatesAfter = candidatesAfter,
+            KeptIndices = keep.Select(j => _original[j]).ToArray(),
+            VisualShareBefore = meanBefore,
+            VisualShareMaxBefore = maxBefore,
+            VisualShareAfter = meanAfter,
+            VisualShareMaxAfter = maxAfter,
+            EntropyBefore = Entropy(before),
+            EntropyAfter = Entropy(after),
+        };
+    }
+
+    public PruningReport Report() => new()
+    {
+        Options = _options,
+        Rate = _rate,
+        PromptTokens = _visual.Length,
+        VisualTokens = _visual.Count(v => v),
+        InitialCandidates = _initialCandidates,
+        TokensAtLastLayer = _original.Length,
+        ScoringMs = _scoring.Elapsed.TotalMilliseconds,
+        Layers = _layers,
+    };
+}

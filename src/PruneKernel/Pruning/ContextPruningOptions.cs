@@ -1,0 +1,176 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PruneKernel.Pruning;
+
+/// <summary>When tokens are dropped.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<PruningSchedule>))]
+public enum PruningSchedule
+{
+    /// <summary>After each pruning layer, drop the rate's share of the candidates still present (text shrinks geometrically).</summary>
+    Progressive,
+
+    /// <summary>Accumulate scores over the pruning layers and drop the rate's share once, after the last of them.</summary>
+    Once,
+}
+
+/// <summary>How per-head scores become one score per token.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<HeadAggregation>))]
+public enum HeadAggregation
+{
+    /// <summary>The most attention any head gives the token (the paper's max pooling).</summary>
+    Max,
+
+    /// <summary>The average over heads (the paper's mean pooling).</summary>
+    Mean,
+}
+
+/// <summary>How the attention a token receives is normalised.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<ScoreNormalization>))]
+public enum ScoreNormalization
+{
+    /// <summary>The plain column sum over all queries.</summary>
+    Raw,
+
+    /// <summary>The column sum divided by the number of queries that can see the token (removes causal attention's bias to early tokens).</summary>
+    PerVisibleQuery,
+}
+
+/// <summary>Which tokens are dropped.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<PruningStrategy>))]
+public enum PruningStrategy
+{
+    /// <summary>The lowest attention scores (the method).</summary>
+    Attention,
+
+    /// <summary>The same number of candidates, uniformly at random (seeded); a baseline.</summary>
+    Random,
+
+    /// <summary>SpAtten's cascade: attention summed over heads, accumulated over layers; a baseline.</summary>
+    SpAtten,
+
+    /// <summary>LTP-style: per-layer score thresholds calibrated on samples to a target rate; a baseline.</summary>
+    Threshold,
+}
+
+/// <summary>A rate that grows with the prompt's text length: clamp(A + B·L + C·L², Min, Max), L in thousands of text tokens.</summary>
+/// <param name="A">Constant term.</param>
+/// <param name="B">Linear coefficient per thousand tokens.</param>
+/// <param name="C">Quadratic coefficient per thousand tokens squared.</param>
+/// <param name="Min">Lowest rate.</param>
+/// <param name="Max">Highest rate (below 1).</param>
+public sealed record LengthDependentRate(double A, double B, double C, double Min = 0, double Max = 0.9)
+{
+    /// <summary>The rate for a prompt with <paramref name="textTokens"/> text tokens.</summary>
+    public double RateFor(int textTokens)
+    {
+        var l = textTokens / 1000.0;
+        return Math.Clamp(A + (B * l) + (C * l * l), Min, Max);
+    }
+}
+
+/// <summary>
+/// Settings of context pruning: in decoder layers [StartLayer, StartLayer + Layers) score every text token by the
+/// attention it receives and drop the lowest <see cref="Rate"/> share before the next layer. Visual tokens, BOS, the
+/// assistant header and the last prompt token are never dropped. Defaults are the paper's (n = 0.3, m = 10, max pooling,
+/// progressive). Immutable; serialises to JSON so it can travel in chat options.
+/// </summary>
+public sealed record ContextPruningOptions
+{
+    /// <summary>Options with pruning switched off.</summary>
+    public static ContextPruningOptions Disabled { get; } = new() { Enabled = false };
+
+    /// <summary>Whether pruning runs.</summary>
+    public bool Enabled { get; init; } = true;
+
+    /// <summary>Share n of the candidates dropped per step, in [0, 1).</summary>
+    public double Rate { get; init; } = 0.3;
+
+    /// <summary>Number m of pruning layers.</summary>
+    public int Layers { get; init; } = 10;
+
+    /// <summary>First pruning layer (0-based): 0 prunes the shallow layers; larger values compare intermediate or deep pruning.</summary>
+    public int StartLayer { get; init; }
+
+    /// <summary>Progressive (default) or once.</summary>
+    public PruningSchedule Schedule { get; init; } = PruningSchedule.Progressive;
+
+    /// <summary>Max (default) or mean over heads.</summary>
+    public HeadAggregation Aggregation { get; init; } = HeadAggregation.Max;
+
+    /// <summary>Raw column sums (default) or per visible query.</summary>
+    public ScoreNormalization Normalization { get; init; } = ScoreNormalization.Raw;
+
+    /// <summary>Attention scores (default) or a baseline.</summary>
+    public PruningStrategy Strategy { get; init; } = PruningStrategy.Attention;
+
+    /// <summary>Seed of the random baseline.</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Also protect the whole last user turn (default off: the scores keep the question by themselves).</summary>
+    public bool ProtectLastUserTurn { get; init; }
+
+    /// <summary>When set, the rate depends on the prompt's text length and <see cref="Rate"/> is ignored.</summary>
+    public LengthDependentRate? DynamicRate { get; init; }
+
+    /// <summary>Per-layer score thresholds of the <see cref="PruningStrategy.Threshold"/> strategy, one per pruning layer.</summary>
+    public IReadOnlyList<double>? Thresholds { get; init; }
+
+    /// <summary>Checks the options against a decoder of <paramref name="decoderLayers"/> layers.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A value is out of range; the message names it.</exception>
+    /// <exception cref="ArgumentException">The threshold strategy lacks one threshold per layer.</exception>
+    public void Validate(int decoderLayers)
+    {
+        if (!Enabled)
+        {
+            return;
+        }
+
+        if (!(Rate >= 0 && Rate < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(Rate), Rate, "The pruning rate must be in [0, 1).");
+        }
+
+        if (Layers < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "At least one pruning layer is needed.");
+        }
+
+        if (StartLayer < 0 || StartLayer + Layers > decoderLayers)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Layers), Layers,
+                $"Pruning layers {StartLayer}..{StartLayer + Layers - 1} do not fit the model's {decoderLayers} decoder layers.");
+        }
+
+        if (DynamicRate is { } d && (!(d.Min >= 0 && d.Max < 1 && d.Min <= d.Max) || !double.IsFinite(d.A + d.B + d.C)))
+        {
+            throw new ArgumentOutOfRangeException(nameof(DynamicRate), d, "The dynamic rate needs finite coefficients and 0 <= Min <= Max < 1.");
+        }
+
+        if (Strategy == PruningStrategy.Threshold && (Thresholds is null || Thresholds.Count != Layers || Thresholds.Any(t => !double.IsFinite(t))))
+        {
+            throw new ArgumentException(
+                $"The threshold strategy needs {Layers} finite thresholds (one per pruning layer); calibrate them with ThresholdCalibration.", nameof(Thresholds));
+        }
+    }
+
+    /// <summary>Serialises to JSON (enums as names).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+
+    /// <summary>Reads options written by <see cref="ToJson"/>.</summary>
+    /// <exception cref="ArgumentException">The JSON is malformed.</exception>
+    public static ContextPruningOptions FromJson(string json)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<ContextPruningOptions>(json, JsonOptions)
+                ?? throw new ArgumentException("Pruning options JSON is null.", nameof(json));
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"Pruning options JSON is malformed: {e.Message}", nameof(json), e);
+        }
+    }
+
+    private static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+}
