@@ -11,6 +11,7 @@ internal static class CliApp
         var root = new RootCommand("prunekernel: local LLaVA-family vision-language models with attention-based context pruning.");
         root.Add(GenerateCommand.Create());
         root.Add(ChatCommand.Create());
+        root.Add(BenchCommand.Create());
         return root;
     }
 

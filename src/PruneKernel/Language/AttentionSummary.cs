@@ -17,14 +17,14 @@ internal sealed class AttentionSummary : IDisposable
 
     /// <summary>
     /// Fills the summary from post-RoPE queries [1, H, T, D] and keys [1, H, S, D] (causal, the last T keys being the
-    /// queries' own). Queries are processed in chunks so that no more than about 64M scores exist at once, whatever T is.
+    /// queries' own). Queries are processed in chunks so that no more than about 16M scores (64 MB in float32) exist at once, whatever T is.
     /// </summary>
     public void Compute(Tensor q, Tensor k)
     {
         using var scope = NewDisposeScope();
         long heads = q.shape[1], t = q.shape[2], s = k.shape[2], d = q.shape[3];
         var past = s - t;
-        var chunk = Math.Max(1, Math.Min(t, (1L << 26) / Math.Max(1, heads * s)));
+        var chunk = Math.Max(1, Math.Min(t, (1L << 24) / Math.Max(1, heads * s)));
         var keys = k[0].to(ScalarType.Float32).transpose(1, 2);
         var columns = torch.zeros([heads, s], ScalarType.Float32, q.device);
         var keyIndex = torch.arange(s, device: q.device).unsqueeze(0);

@@ -1,0 +1,200 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PruneKernel.Language;
+using PruneKernel.Pruning;
+using PruneKernel.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Cli.Commands;
+
+/// <summary>
+/// <c>prunekernel bench</c>: prompt-pass (prefill) latency of a decoder of a named shape with deterministic random
+/// weights, with context pruning off and on. No checkpoint is needed; visual tokens are random embeddings in the
+/// positions LLaVA gives them (after BOS), followed by text and the assistant header.
+/// </summary>
+internal static class BenchCommand
+{
+    private static readonly Dictionary<string, Func<TextConfig>> Shapes = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["llava-1.5-7b"] = () => Shape(4096, 11008, 32, 32, 32),
+        ["llava-1.5-13b"] = () => Shape(5120, 13824, 40, 40, 40),
+        ["tiny"] = () => Shape(64, 128, 4, 4, 2),
+    };
+
+    private static TextConfig Shape(int hidden, int intermediate, int layers, int heads, int kvHeads) => new()
+    {
+        ModelType = "llama",
+        VocabSize = 32064,
+        HiddenSize = hidden,
+        IntermediateSize = intermediate,
+        NumHiddenLayers = layers,
+        NumAttentionHeads = heads,
+        NumKeyValueHeads = kvHeads,
+        HeadDim = hidden / heads,
+        MaxPositionEmbeddings = 8192,
+        RmsNormEps = 1e-5,
+        RopeTheta = 10000,
+        RopeLinearFactor = 1,
+        AttentionBias = false,
+        MlpBias = false,
+        HiddenAct = "silu",
+        TieWordEmbeddings = false,
+    };
+
+    public static Command Create()
+    {
+        var shape = new Option<string>("--shape") { Description = "llava-1.5-7b, llava-1.5-13b or tiny.", DefaultValueFactory = _ => "llava-1.5-7b" };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
+        var dtype = new Option<string>("--dtype") { DefaultValueFactory = _ => "bf16" };
+        var text = new Option<int[]>("--text-tokens") { DefaultValueFactory = _ => [512, 1024, 1536, 2048, 2560], AllowMultipleArgumentsPerToken = true };
+        var visual = new Option<int>("--visual-tokens") { DefaultValueFactory = _ => 576 };
+        var iterations = new Option<int>("--iterations") { DefaultValueFactory = _ => 10 };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 3 };
+        var rate = new Option<double>("--prune-rate") { DefaultValueFactory = _ => 0.3 };
+        var layers = new Option<int>("--prune-layers") { DefaultValueFactory = _ => 10 };
+        var modes = new Option<string[]>("--pruning") { Description = "off, progressive, once (repeatable).", DefaultValueFactory = _ => ["off", "progressive", "once"], AllowMultipleArgumentsPerToken = true };
+        var output = new Option<FileInfo?>("--output") { Description = "Write the records as JSON here." };
+        var command = new Command("bench", "Measure prefill latency with and without context pruning on random weights of a named shape.");
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output })
+        {
+            command.Add(option);
+        }
+
+        command.SetAction((r, ct) => CliErrors.Run(r, async console =>
+        {
+            var config = Shapes.TryGetValue(r.GetValue(shape)!, out var make)
+                ? make()
+                : throw new PruneKernelException($"Unknown shape '{r.GetValue(shape)}' (known: {string.Join(", ", Shapes.Keys)}).");
+            var dev = TorchRuntime.ResolveDevice(r.GetValue(device)!);
+            var type = TorchRuntime.ResolveDType(r.GetValue(dtype)!);
+            var records = new JsonArray();
+            using var noGrad = torch.no_grad();
+            using var model = RandomDecoder(config, type, dev, out var head);
+            foreach (var textTokens in r.GetValue(text)!)
+            {
+                foreach (var mode in r.GetValue(modes)!)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    var pruning = mode switch
+                    {
+                        "off" => null,
+                        "progressive" => new ContextPruningOptions { Rate = r.GetValue(rate), Layers = r.GetValue(layers) },
+                        "once" => new ContextPruningOptions { Rate = r.GetValue(rate), Layers = r.GetValue(layers), Schedule = PruningSchedule.Once },
+                        _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
+                    };
+                    pruning?.Validate(config.NumHiddenLayers);
+                    var record = Measure(model, head, config, dev, type, r.GetValue(visual), textTokens, pruning, r.GetValue(warmup), r.GetValue(iterations));
+                    record["impl"] = "prunekernel";
+                    record["model"] = r.GetValue(shape);
+                    record["device"] = dev.type == DeviceType.CUDA ? "cuda" : "cpu";
+                    record["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+                    record["dtype"] = r.GetValue(dtype);
+                    record["pruning"] = pruning is null ? "off" : $"{mode}-{pruning.Rate.ToString(CultureInfo.InvariantCulture)}x{pruning.Layers}";
+                    records.Add(record);
+                    await console.WriteLineAsync(record.ToJsonString());
+                }
+            }
+
+            if (r.GetValue(output) is { } file)
+            {
+                await File.WriteAllTextAsync(file.FullName, records.ToJsonString(new JsonSerializerOptions { WriteIndented = true }), ct);
+            }
+
+            return 0;
+        }));
+        return command;
+    }
+
+    private static LlamaModel RandomDecoder(TextConfig config, ScalarType dtype, Device device, out Linear head)
+    {
+        torch.manual_seed(1234);
+        var model = new LlamaModel(config, dtype, device);
+        head = new Linear(config.HiddenSize, config.VocabSize, false, dtype, device);
+        foreach (var (name, parameter) in model.named_parameters().Concat(head.named_parameters()))
+        {
+            if (name.EndsWith("layernorm.weight", StringComparison.Ordinal) || name.EndsWith("norm.weight", StringComparison.Ordinal))
+            {
+                parameter.fill_(1);
+            }
+            else
+            {
+                parameter.normal_(0, 0.02);
+            }
+        }
+
+        return model;
+    }
+
+    private static JsonObject Measure(LlamaModel model, Linear head, TextConfig config, Device device, ScalarType dtype,
+        int visualTokens, int textTokens, ContextPruningOptions? pruning, int warmup, int iterations)
+    {
+        var total = 1 + visualTokens + textTokens;
+        var visual = Enumerable.Range(0, total).Select(i => i >= 1 && i <= visualTokens).ToArray();
+        var layout = new PromptLayout(visual, HeaderStart: total - 5, LastUserTurnStart: null);
+        using var embeds = (torch.randn([1, total, config.HiddenSize], generator: new Generator(7)) * 0.02).to(dtype, device);
+        using var positions = torch.arange(total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
+        var times = new List<double>();
+        var scoring = new List<double>();
+        PruningReport? report = null;
+        for (var i = 0; i < warmup + iterations; i++)
+        {
+            using var scope = NewDisposeScope();
+            using var cache = new DecoderCache(config.NumHiddenLayers, total + 1);
+            var pruner = pruning is null ? null : new ContextPruner(pruning, layout);
+            Synchronize(device);
+            var watch = Stopwatch.StartNew();
+            var hidden = model.forward(embeds, positions, cache, selector: pruner);
+            var logits = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1));
+            Synchronize(device);
+            watch.Stop();
+            _ = logits.argmax().item<long>();
+            if (i >= warmup)
+            {
+                times.Add(watch.Elapsed.TotalMilliseconds);
+                report = pruner?.Report();
+                scoring.Add(report?.ScoringMs ?? 0);
+            }
+        }
+
+        var prefill = Median(times);
+        var result = new JsonObject
+        {
+            ["batch"] = 1,
+            ["text_tokens"] = textTokens,
+            ["visual_tokens"] = visualTokens,
+            ["prefill_ms"] = Math.Round(prefill, 3),
+            ["prefill_ms_min"] = Math.Round(times.Min(), 3),
+            ["iterations"] = iterations,
+            ["scoring_ms"] = Math.Round(Median(scoring), 3),
+            ["scoring_share"] = Math.Round(Median(scoring) / prefill, 4),
+        };
+        if (report is not null)
+        {
+            result["tokens_at_last_layer"] = report.TokensAtLastLayer;
+            result["visual_share_before_mean"] = report.Layers.Average(l => l.VisualShareBefore);
+            result["visual_share_after_mean"] = report.Layers.Average(l => l.VisualShareAfter);
+            result["entropy_before_mean"] = report.Layers.Average(l => l.EntropyBefore);
+            result["entropy_after_mean"] = report.Layers.Average(l => l.EntropyAfter);
+        }
+
+        return result;
+    }
+
+    private static void Synchronize(Device device)
+    {
+        if (device.type == DeviceType.CUDA)
+        {
+            torch.cuda.synchronize();
+        }
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count == 0 ? 0 : sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[(sorted.Count / 2) - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+}
