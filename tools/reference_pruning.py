@@ -167,7 +167,9 @@ def main():
     for name in MODELS:
         folder = os.path.join(a.fixtures, "models", name)
         model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(folder)
+        # Every fixture shares the Llama 2 vocabulary; the folder with tokenizer.json gives transformers' canonical ids
+        # (AutoTokenizer rebuilt from tokenizer.model + a transformers-5 tokenizer_config drops BOS and the prefix space).
+        tok = AutoTokenizer.from_pretrained(os.path.join(a.fixtures, "models", "llava-tiny-f32"))
         proc = CLIPImageProcessor.from_pretrained(folder)
         meta = json.load(open(os.path.join(folder, "golden.json")))
         n_img = meta["num_image_tokens"]

@@ -39,7 +39,8 @@ internal sealed class ContextPruner : IDecoderTokenSelector
     private readonly double[] _accumulated;
     private readonly Random _random;
     private readonly List<PruningLayerReport> _layers = [];
-    private readonly Stopwatch _scoring = new();
+    private readonly Stopwatch _choosing = new();
+    private double _summaryMs;
     private readonly int _initialCandidates;
     private int[] _original;
 
@@ -67,7 +68,8 @@ internal sealed class ContextPruner : IDecoderTokenSelector
             torch.cuda.synchronize(); // so the stopwatch measures scoring, not the layer still running
         }
 
-        _scoring.Start();
+        _summaryMs += summary.ElapsedMs;
+        _choosing.Start();
         using var scope = NewDisposeScope();
         var scores = TokenScores(summary.ColumnSums);
         var candidates = Enumerable.Range(0, _original.Length).Where(j => !_protected[_original[j]]).ToArray();
@@ -77,7 +79,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         _original = keep.Select(j => _original[j]).ToArray();
         var selection = drop.Count == 0 ? null
             : torch.tensor(keep.Select(j => (long)j).ToArray(), ScalarType.Int64).to(summary.ColumnSums.device).MoveToOuterDisposeScope();
-        _scoring.Stop();
+        _choosing.Stop();
         return selection;
     }
 
@@ -180,7 +182,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         VisualTokens = _visual.Count(v => v),
         InitialCandidates = _initialCandidates,
         TokensAtLastLayer = _original.Length,
-        ScoringMs = _scoring.Elapsed.TotalMilliseconds,
+        ScoringMs = _summaryMs + _choosing.Elapsed.TotalMilliseconds,
         Layers = _layers,
     };
 }

@@ -162,7 +162,7 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         if (Config.DoResize)
         {
             var (newH, newW) = Config.ResizeTo ?? OutputSize(height, width, Config.ShortestEdge!.Value);
-            rgb = Resampler.Resize(rgb, width, height, newW, newH, Config.Resample);
+            rgb = AntialiasResampler.Resize(rgb, width, height, newW, newH, bicubic: Config.Resample == 3);
             (width, height) = (newW, newH);
         }
 

@@ -1,0 +1,262 @@
+using PruneKernel.Generation;
+using PruneKernel.Language;
+using PruneKernel.Pruning;
+using PruneKernel.Text;
+using PruneKernel.Vision;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Tests.Pruning;
+
+/// <summary>Invariants of the pruner on random attention, and of the options.</summary>
+public sealed class PruningPropertyTests
+{
+    /// <summary>A random prompt layout: BOS, a block of visual tokens somewhere, text, and a header of 5 tokens.</summary>
+    private static PromptLayout RandomLayout(Random rng, out int length)
+    {
+        length = rng.Next(12, 200);
+        var visual = new bool[length];
+        var start = rng.Next(1, length / 2);
+        var count = rng.Next(0, Math.Min(40, length - start - 6));
+        for (var i = start; i < start + count; i++)
+        {
+            visual[i] = true;
+        }
+
+        return new PromptLayout(visual, HeaderStart: length - 5, LastUserTurnStart: rng.Next(1, length - 5));
+    }
+
+    private static AttentionSummary RandomSummary(Random rng, int length, int heads = 4)
+    {
+        using var scope = NewDisposeScope();
+        var generator = new Generator((ulong)rng.Next());
+        var q = torch.randn([1, heads, length, 8], generator: generator);
+        var k = torch.randn([1, heads, length, 8], generator: generator);
+        var summary = new AttentionSummary();
+        summary.Compute(q, k);
+        return summary;
+    }
+
+    /// <summary>Runs the pruner over <paramref name="layers"/> random layers, shrinking the sequence as the decoder does.</summary>
+    private static PruningReport Run(ContextPruningOptions options, PromptLayout layout, int length, Random rng, int layers = 3)
+    {
+        var pruner = new ContextPruner(options, layout);
+        var current = length;
+        for (var layer = 0; layer < layers; layer++)
+        {
+            if (!pruner.WantsAttention(layer))
+            {
+                continue;
+            }
+
+            using var summary = RandomSummary(rng, current);
+            using var keep = pruner.SelectAfterLayer(layer, summary);
+            current = keep is null ? current : (int)keep.shape[0];
+        }
+
+        return pruner.Report();
+    }
+
+    [Fact]
+    public void EachProgressiveStepDropsExactlyFloorOfRateTimesCandidatesAndNeverAProtectedToken()
+    {
+        var rng = new Random(17);
+        for (var trial = 0; trial < 300; trial++)
+        {
+            var layout = RandomLayout(rng, out var length);
+            var options = new ContextPruningOptions
+            {
+                Rate = rng.NextDouble() * 0.95,
+                Layers = 3,
+                Aggregation = rng.Next(2) == 0 ? HeadAggregation.Max : HeadAggregation.Mean,
+                Normalization = rng.Next(2) == 0 ? ScoreNormalization.Raw : ScoreNormalization.PerVisibleQuery,
+                Strategy = (PruningStrategy)rng.Next(3), // Attention, Random, SpAtten
+                ProtectLastUserTurn = rng.Next(2) == 0,
+                Seed = trial,
+            };
+            var report = Run(options, layout, length, rng);
+            var protectedMask = layout.Protected(options.ProtectLastUserTurn);
+            foreach (var step in report.Layers)
+            {
+                Assert.Equal(step.CandidatesBefore - (int)Math.Floor(options.Rate * step.CandidatesBefore), step.CandidatesAfter);
+                for (var i = 0; i < length; i++)
+                {
+                    if (protectedMask[i])
+                    {
+                        Assert.Contains(i, step.KeptIndices);
+                    }
+                }
+
+                Assert.Equal(step.KeptIndices.Order(), step.KeptIndices);
+                Assert.InRange(step.VisualShareAfter, 0, 1 + 1e-9);
+            }
+        }
+    }
+
+    [Fact]
+    public void OnceDropsOnlyAfterTheLastPruningLayer()
+    {
+        var rng = new Random(5);
+        var layout = RandomLayout(rng, out var length);
+        var report = Run(new ContextPruningOptions { Layers = 3, Schedule = PruningSchedule.Once }, layout, length, rng);
+        Assert.Equal(report.Layers[0].CandidatesBefore, report.Layers[0].CandidatesAfter);
+        Assert.Equal(report.Layers[1].CandidatesBefore, report.Layers[1].CandidatesAfter);
+        Assert.Equal(report.Layers[2].CandidatesBefore - (int)Math.Floor(0.3 * report.Layers[2].CandidatesBefore), report.Layers[2].CandidatesAfter);
+    }
+
+    [Fact]
+    public void RandomStrategyIsReproducibleBySeed()
+    {
+        var layout = RandomLayout(new Random(3), out var length);
+        IReadOnlyList<int> Kept(int seed) =>
+            Run(new ContextPruningOptions { Strategy = PruningStrategy.Random, Seed = seed, Layers = 2 }, layout, length, new Random(9)).Layers[^1].KeptIndices;
+        Assert.Equal(Kept(1), Kept(1));
+        Assert.NotEqual(Kept(1), Kept(2));
+    }
+
+    [Fact]
+    public void ThresholdStrategyDropsCandidatesBelowTheLayerThreshold()
+    {
+        var rng = new Random(11);
+        var layout = RandomLayout(rng, out var length);
+        var none = Run(new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MinValue, double.MinValue] }, layout, length, rng);
+        Assert.All(none.Layers, l => Assert.Equal(l.CandidatesBefore, l.CandidatesAfter));
+        var all = Run(new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MaxValue, double.MaxValue] }, layout, length, rng);
+        Assert.Equal(0, all.Layers[0].CandidatesAfter);
+    }
+
+    [Fact]
+    public void LengthDependentRateIsUsed()
+    {
+        var layout = RandomLayout(new Random(2), out var length);
+        var rate = new LengthDependentRate(0.5, 0, 0, 0, 0.9);
+        var report = Run(new ContextPruningOptions { DynamicRate = rate, Layers = 1 }, layout, length, new Random(4));
+        Assert.Equal(0.5, report.Rate);
+        Assert.Equal(0.9, new LengthDependentRate(0.1, 1, 1).RateFor(5000));
+        Assert.Equal(0.2, new LengthDependentRate(0.1, 0.1, 0).RateFor(1000), 12);
+    }
+
+    [Fact]
+    public void AttentionSummaryMatchesTheFullSoftmaxAtAnyChunking()
+    {
+        using var scope = NewDisposeScope();
+        var generator = new Generator(3);
+        var q = torch.randn([1, 3, 50, 8], generator: generator);
+        var k = torch.randn([1, 3, 50, 8], generator: generator);
+        using var summary = new AttentionSummary();
+        summary.Compute(q, k);
+        var scores = torch.matmul(q[0], k[0].transpose(1, 2)) / Math.Sqrt(8);
+        var causal = torch.ones(50, 50, dtype: ScalarType.Bool).triu(1);
+        var p = scores.masked_fill(causal, float.NegativeInfinity).softmax(-1);
+        Assert.True(torch.allclose(p.sum(1), summary.ColumnSums!, 1e-5, 1e-6));
+        Assert.True(torch.allclose(p[.., -1, ..], summary.LastRow!, 1e-5, 1e-6));
+    }
+
+    [Theory]
+    [InlineData(1.0, 2, 0)]
+    [InlineData(-0.1, 2, 0)]
+    [InlineData(double.NaN, 2, 0)]
+    [InlineData(0.3, 0, 0)]
+    [InlineData(0.3, 4, 0)]
+    [InlineData(0.3, 2, 2)]
+    public void InvalidOptionsAreRejected(double rate, int layers, int start) =>
+        Assert.ThrowsAny<ArgumentException>(() => new ContextPruningOptions { Rate = rate, Layers = layers, StartLayer = start }.Validate(3));
+
+    [Fact]
+    public void ThresholdStrategyNeedsOneThresholdPerLayer()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2 }.Validate(3));
+        Assert.Contains("threshold", e.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void OptionsRoundTripThroughJson()
+    {
+        var options = new ContextPruningOptions
+        {
+            Rate = 0.25, Layers = 7, StartLayer = 2, Schedule = PruningSchedule.Once, Aggregation = HeadAggregation.Mean,
+            Normalization = ScoreNormalization.PerVisibleQuery, Strategy = PruningStrategy.Threshold, Seed = 9, ProtectLastUserTurn = true,
+            DynamicRate = new LengthDependentRate(0.1, 0.05, 0.01, 0.05, 0.6), Thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+        };
+        var json = options.ToJson();
+        var back = ContextPruningOptions.FromJson(json);
+        Assert.Equal(json, back.ToJson());
+        Assert.Equal(options with { Thresholds = null }, back with { Thresholds = null });
+        Assert.Equal(options.Thresholds, back.Thresholds);
+        Assert.Contains("\"schedule\":\"Once\"", json, StringComparison.Ordinal);
+        Assert.Throws<ArgumentException>(() => ContextPruningOptions.FromJson("{ \"rate\": "));
+    }
+}
+
+/// <summary>Pruning in the full model: off is the plain path, on changes the sequence and decoding stays consistent.</summary>
+public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationTests.Model>
+{
+    private readonly Lvlm _lvlm;
+    private readonly LvlmPrompt _prompt;
+
+    public PruningInModelTests(Tests.Models.GenerationTests.Model model)
+    {
+        _lvlm = model.Lvlm;
+        var context = string.Join(" ", Enumerable.Repeat("The blue square sat beside a tall red lamp near the window.", 8));
+        _prompt = _lvlm.CreatePrompt([PromptMessage.User(context + " What is in the picture?", 1)], [ImageDecoder.Load(Fixtures.Path("images", "img03.png"))]);
+    }
+
+    private Tensor PrefillLogits(IDecoderTokenSelector? selector)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var net = _lvlm.Network;
+        var ids = torch.tensor(_prompt.InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
+        var embeds = net.EmbedPrompt(ids, net.EncodeImages(_prompt.PixelTensor()));
+        var hidden = net.language_model.forward(embeds, torch.arange(ids.shape[1]).unsqueeze(0), null, selector: selector);
+        return net.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1)).MoveToOuterDisposeScope();
+    }
+
+    [Fact]
+    public void RateZeroIsBitIdenticalToThePlainPass()
+    {
+        using var plain = PrefillLogits(null);
+        using var scored = PrefillLogits(new ContextPruner(new ContextPruningOptions { Rate = 0, Layers = 2 }, _prompt.Layout));
+        Assert.True(plain.eq(scored).all().item<bool>());
+    }
+
+    [Fact]
+    public void DisabledPruningIsThePlainPath()
+    {
+        var plain = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 8 });
+        var disabled = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 8, Pruning = ContextPruningOptions.Disabled });
+        Assert.Equal(plain.OutputTokenIds, disabled.OutputTokenIds);
+        Assert.Null(disabled.Pruning);
+    }
+
+    [Fact]
+    public void PruningShortensTheSequenceAndReportsIt()
+    {
+        var result = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 6, Pruning = new ContextPruningOptions { Layers = 2 } });
+        var report = result.Pruning!;
+        Assert.Equal(6, result.OutputTokenIds.Count);
+        Assert.Equal(2, report.Layers.Count);
+        Assert.True(report.TokensAtLastLayer < report.PromptTokens);
+        Assert.Equal(_prompt.InputIds.Count, report.PromptTokens);
+        Assert.Equal(_lvlm.Config.ImageTokensPerImage, report.VisualTokens);
+        Assert.True(report.ScoringMs > 0);
+        Assert.Equal(report.Layers[^1].KeptIndices.Count, report.TokensAtLastLayer);
+    }
+
+    [Fact]
+    public void StreamingWithPruningEqualsTheResult()
+    {
+        var options = new GenerationOptions { MaxNewTokens = 10, Pruning = new ContextPruningOptions { Layers = 2, Schedule = PruningSchedule.Once } };
+        var whole = _lvlm.Generate(_prompt, options);
+        var streamed = _lvlm.GenerateStreaming(_prompt, options).ToList();
+        Assert.Equal(whole.Text, string.Concat(streamed.Select(u => u.TextDelta)));
+        Assert.Equal(whole.OutputTokenIds, streamed[^1].Result!.OutputTokenIds);
+    }
+
+    [Fact]
+    public void TooManyPruningLayersIsAClearError()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions() }));
+        Assert.Contains("3 decoder layers", e.Message, StringComparison.Ordinal);
+    }
+}
