@@ -208,6 +208,29 @@ public sealed class Lvlm : IDisposable
         }
     }
 
+    /// <summary>
+    /// Runs only the prompt pass with pruning and reports what it did (no decoding). Used by calibration and analyses;
+    /// <paramref name="candidateScores"/> receives each scored layer's candidate scores.
+    /// </summary>
+    internal PruningReport Prefill(LvlmPrompt prompt, ContextPruningOptions options, Action<int, double[]>? candidateScores = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        options.Validate(Config.Text.NumHiddenLayers);
+        _gate.Wait();
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var pruner = new ContextPruner(options, prompt.Layout, candidateScores);
+            _ = _model.ForwardPrompt(prompt.InputIds, prompt.Images.Count > 0 ? _model.EncodeImages(prompt.PixelTensor()) : null, null, pruner);
+            return pruner.Report();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
     /// <summary>Frees the weights (and GPU memory).</summary>
     public void Dispose()
     {

@@ -56,10 +56,7 @@ internal static class LlavaGenerator
 
             encodeMs = watch.Elapsed.TotalMilliseconds;
             watch.Restart();
-            var ids = torch.tensor(prompt.InputIds.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64).unsqueeze(0);
-            var embeds = model.EmbedPrompt(ids, images);
-            var positions = torch.arange(promptLength, dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
-            var hidden = model.language_model.forward(embeds, positions, cache, selector: pruner);
+            var hidden = model.ForwardPrompt(prompt.InputIds, images, cache, pruner);
             // The last prompt token is protected, so it is the last row whatever was pruned.
             var logits = model.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
             next = maxNew == 0 ? -1 : sampler.Next(logits);

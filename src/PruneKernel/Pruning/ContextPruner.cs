@@ -42,10 +42,15 @@ internal sealed class ContextPruner : IDecoderTokenSelector
     private readonly Stopwatch _choosing = new();
     private double _summaryMs;
     private readonly int _initialCandidates;
+    private readonly Action<int, double[]>? _candidateScores;
     private int[] _original;
 
-    public ContextPruner(ContextPruningOptions options, PromptLayout layout)
+    /// <param name="options">What to do.</param>
+    /// <param name="layout">Visual and protected positions of the prompt.</param>
+    /// <param name="candidateScores">Receives, per scored layer, the candidates' scores (for threshold calibration).</param>
+    public ContextPruner(ContextPruningOptions options, PromptLayout layout, Action<int, double[]>? candidateScores = null)
     {
+        _candidateScores = candidateScores;
         _options = options;
         _visual = layout.Visual;
         _protected = layout.Protected(options.ProtectLastUserTurn);
@@ -73,6 +78,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         using var scope = NewDisposeScope();
         var scores = TokenScores(summary.ColumnSums);
         var candidates = Enumerable.Range(0, _original.Length).Where(j => !_protected[_original[j]]).ToArray();
+        _candidateScores?.Invoke(layer, candidates.Select(j => scores[j]).ToArray());
         var drop = ChooseDrops(layer, scores, candidates);
         var keep = Enumerable.Range(0, _original.Length).Where(j => !drop.Contains(j)).ToArray();
         _layers.Add(Describe(layer, summary.LastRow!, candidates.Length - drop.Count, keep));

@@ -150,7 +150,7 @@ public sealed record ContextPruningOptions
         if (Strategy == PruningStrategy.Threshold && (Thresholds is null || Thresholds.Count != Layers || Thresholds.Any(t => !double.IsFinite(t))))
         {
             throw new ArgumentException(
-                $"The threshold strategy needs {Layers} finite thresholds (one per pruning layer); calibrate them with ThresholdCalibration.", nameof(Thresholds));
+                $"The threshold strategy needs {Layers} finite thresholds (one per pruning layer); calibrate them with ThresholdCalibration.Calibrate.", nameof(Thresholds));
         }
     }
 

@@ -81,6 +81,50 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task PruningFlagsAddThePruningReportToJson()
+    {
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe the picture, the colours, and the shapes in detail please.",
+            "--max-new-tokens", "3", "--prune-rate", "0.3", "--prune-layers", "2", "--prune-schedule", "Once", "--format", "json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        var pruning = json.RootElement.GetProperty("pruning");
+        Assert.True(pruning.GetProperty("scoring_ms").GetDouble() > 0);
+        var layers = pruning.GetProperty("layers").EnumerateArray().ToList();
+        Assert.Equal(2, layers.Count);
+        foreach (var key in new[] { "layer", "candidates_before", "candidates_after", "kept_indices", "visual_share_before", "visual_share_after", "entropy_before", "entropy_after" })
+        {
+            Assert.True(layers[1].TryGetProperty(key, out _), key);
+        }
+
+        Assert.True(layers[1].GetProperty("candidates_after").GetInt32() < layers[1].GetProperty("candidates_before").GetInt32());
+        Assert.Equal("Once", pruning.GetProperty("options").GetProperty("schedule").GetString());
+    }
+
+    [Fact]
+    public async Task PruningWithoutFlagsIsAbsentAndBadPruningValuesAreErrors()
+    {
+        var plain = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--max-new-tokens", "2", "--format", "json");
+        Assert.Equal(JsonValueKind.Null, JsonDocument.Parse(plain.Out).RootElement.GetProperty("pruning").ValueKind);
+        var (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10");
+        Assert.Equal(2, code);
+        Assert.Contains("decoder layers", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-rate", "1.5", "--prune-layers", "2");
+        Assert.Equal(2, code);
+        Assert.Contains("rate", stderr, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public async Task BenchRunsATinyShapeOnTheCpu()
+    {
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "8",
+            "--iterations", "2", "--warmup", "1", "--prune-layers", "2");
+        Assert.True(code == 0, stderr);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(3, lines.Length);
+        Assert.Contains("\"pruning\":\"progressive-0.3x2\"", lines[1], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task MissingPromptIsAUsageError()
     {
         var (code, _, _) = await Run("generate", "--model", Model);

@@ -57,10 +57,7 @@ public sealed class PruningParityTests
         using (torch.no_grad())
         {
             var net = lvlm.Network;
-            var ids = torch.tensor(prompt.InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
-            var embeds = net.EmbedPrompt(ids, net.EncodeImages(prompt.PixelTensor()));
-            var positions = torch.arange(ids.shape[1], dtype: ScalarType.Int64).unsqueeze(0);
-            var hidden = net.language_model.forward(embeds, positions, null, selector: pruner);
+            var hidden = net.ForwardPrompt(prompt.InputIds, net.EncodeImages(prompt.PixelTensor()), null, pruner);
             var logits = net.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
             firstLogits = logits.detach().clone().DetachFromDisposeScope();
         }

@@ -206,9 +206,7 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         var net = _lvlm.Network;
-        var ids = torch.tensor(_prompt.InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
-        var embeds = net.EmbedPrompt(ids, net.EncodeImages(_prompt.PixelTensor()));
-        var hidden = net.language_model.forward(embeds, torch.arange(ids.shape[1]).unsqueeze(0), null, selector: selector);
+        var hidden = net.ForwardPrompt(_prompt.InputIds, net.EncodeImages(_prompt.PixelTensor()), null, selector);
         return net.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1)).MoveToOuterDisposeScope();
     }
 
@@ -259,4 +257,38 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions() }));
         Assert.Contains("3 decoder layers", e.Message, StringComparison.Ordinal);
     }
+}
+
+/// <summary>LTP-style thresholds calibrated on samples reach about the target rate on those samples.</summary>
+public sealed class ThresholdCalibrationTests : IClassFixture<Tests.Models.GenerationTests.Model>
+{
+    private readonly Lvlm _lvlm;
+
+    public ThresholdCalibrationTests(Tests.Models.GenerationTests.Model model) => _lvlm = model.Lvlm;
+
+    [Fact]
+    public void CalibratedThresholdsDropAboutTheTargetShare()
+    {
+        var image = ImageDecoder.Load(Fixtures.Path("images", "img03.png"));
+        var samples = Enumerable.Range(0, 4).Select(i => _lvlm.CreatePrompt(
+            [PromptMessage.User(string.Join(" ", Enumerable.Repeat($"Note {i}: the lamp, the rope and the bread were on the table.", 4 + i)) + " What is shown?", 1)],
+            [image])).ToList();
+        var calibrated = ThresholdCalibration.Calibrate(_lvlm, samples, new ContextPruningOptions { Rate = 0.3, Layers = 2 });
+        Assert.Equal(PruningStrategy.Threshold, calibrated.Strategy);
+        Assert.Equal(2, calibrated.Thresholds!.Count);
+        var dropped = 0.0;
+        var candidates = 0.0;
+        foreach (var sample in samples)
+        {
+            var report = _lvlm.Generate(sample, new GenerationOptions { MaxNewTokens = 1, Pruning = calibrated }).Pruning!;
+            dropped += report.Layers.Sum(l => l.CandidatesBefore - l.CandidatesAfter);
+            candidates += report.Layers.Sum(l => l.CandidatesBefore);
+        }
+
+        Assert.InRange(dropped / candidates, 0.2, 0.4);
+    }
+
+    [Fact]
+    public void CalibrationNeedsSamples() =>
+        Assert.Throws<ArgumentException>(() => ThresholdCalibration.Calibrate(_lvlm, [], new ContextPruningOptions { Layers = 2 }));
 }

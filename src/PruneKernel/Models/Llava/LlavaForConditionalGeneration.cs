@@ -107,6 +107,19 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         return embeds.MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The prompt pass over token ids and already encoded images: embedding, then the decoder (optionally with a token
+    /// selector), returning the final normed states of the tokens that reached the last layer ([1, T', D]); the last
+    /// prompt token is always the last row.
+    /// </summary>
+    public Tensor ForwardPrompt(IReadOnlyList<int> inputIds, Tensor? images, DecoderCache? cache, IDecoderTokenSelector? selector)
+    {
+        using var scope = NewDisposeScope();
+        var ids = torch.tensor(inputIds.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64).unsqueeze(0);
+        var positions = torch.arange(inputIds.Count, dtype: ScalarType.Int64, device: Device).unsqueeze(0);
+        return language_model.forward(EmbedPrompt(ids, images), positions, cache, selector: selector).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Logits [B, T, V] for final hidden states [B, T, D].</summary>
     public Tensor Logits(Tensor hidden) => lm_head.forward(hidden);
 }
