@@ -63,6 +63,12 @@ public sealed class Lvlm : IDisposable
     /// <summary>generation_config.json's defaults.</summary>
     public GenerationDefaults GenerationDefaults { get; }
 
+    /// <summary>Where encoded image features are kept between requests (none by default).</summary>
+    public IImageFeatureCache? ImageFeatureCache { get; set; }
+
+    /// <summary>Identifies these weights in cache keys: folder, dtype and device.</summary>
+    public string Identity => $"{ModelFolder}|{DType}|{Device}";
+
     /// <summary>The device the weights live on.</summary>
     public string Device => _model.Device.ToString();
 
@@ -197,7 +203,7 @@ public sealed class Lvlm : IDisposable
         _gate.Wait(cancellationToken);
         try
         {
-            foreach (var update in LlavaGenerator.Run(_model, Tokenizer, prompt, options ?? new GenerationOptions(), GenerationDefaults, cancellationToken))
+            foreach (var update in LlavaGenerator.Run(_model, Tokenizer, prompt, options ?? new GenerationOptions(), GenerationDefaults, ImageFeatureCache, Identity, cancellationToken))
             {
                 yield return update;
             }
@@ -222,7 +228,7 @@ public sealed class Lvlm : IDisposable
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
             var pruner = new ContextPruner(options, prompt.Layout, candidateScores);
-            _ = _model.ForwardPrompt(prompt.InputIds, prompt.Images.Count > 0 ? _model.EncodeImages(prompt.PixelTensor()) : null, null, pruner);
+            _ = _model.ForwardPrompt(prompt.InputIds, LlavaGenerator.EncodeImages(_model, prompt, ImageFeatureCache, Identity), null, pruner);
             return pruner.Report();
         }
         finally

@@ -39,4 +39,11 @@ public sealed class LvlmPrompt
         var each = Images.Select(p => torch.tensor(p.Data, [p.Channels, p.Height, p.Width], ScalarType.Float32)).ToArray();
         return torch.stack(each).MoveToOuterDisposeScope();
     }
+
+    /// <summary>One image as a [1, C, H, W] float32 CPU tensor.</summary>
+    internal Tensor PixelTensor(int index)
+    {
+        var p = Images[index];
+        return torch.tensor(p.Data, [1, p.Channels, p.Height, p.Width], ScalarType.Float32);
+    }
 }

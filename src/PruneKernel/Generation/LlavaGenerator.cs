@@ -17,6 +17,8 @@ internal static class LlavaGenerator
         LvlmPrompt prompt,
         GenerationOptions options,
         GenerationDefaults defaults,
+        IImageFeatureCache? imageCache,
+        string modelIdentity,
         CancellationToken cancellationToken)
     {
         options.Validate();
@@ -48,11 +50,7 @@ internal static class LlavaGenerator
         using (torch.no_grad())
         using (var scope = NewDisposeScope())
         {
-            Tensor? images = null;
-            if (prompt.Images.Count > 0)
-            {
-                images = model.EncodeImages(prompt.PixelTensor());
-            }
+            var images = EncodeImages(model, prompt, imageCache, modelIdentity);
 
             encodeMs = watch.Elapsed.TotalMilliseconds;
             watch.Restart();
@@ -121,5 +119,35 @@ internal static class LlavaGenerator
             },
         };
         yield return new GenerationUpdate(output.Count > 0 ? output[^1] : -1, tail) { Result = result };
+    }
+
+    /// <summary>Image embeddings [N, tokens, D] for the prompt's images, from the cache where possible.</summary>
+    internal static Tensor? EncodeImages(LlavaForConditionalGeneration model, LvlmPrompt prompt, IImageFeatureCache? cache, string modelIdentity)
+    {
+        if (prompt.Images.Count == 0)
+        {
+            return null;
+        }
+
+        if (cache is null)
+        {
+            return model.EncodeImages(prompt.PixelTensor());
+        }
+
+        var each = new List<Tensor>();
+        for (var i = 0; i < prompt.Images.Count; i++)
+        {
+            var key = ImageFeatureKeys.For(modelIdentity, prompt.Images[i]);
+            if (!cache.TryGet(key, out var features))
+            {
+                using var single = prompt.PixelTensor(i);
+                features = model.EncodeImages(single).DetachFromDisposeScope();
+                cache.Set(key, features, features.NumberOfElements * features.ElementSize);
+            }
+
+            each.Add(features);
+        }
+
+        return torch.cat(each, 0);
     }
 }

@@ -1,0 +1,45 @@
+namespace PruneKernel.Extensions.AI;
+
+/// <summary>Settings of <see cref="LvlmChatClient"/> and of its DI registration (bindable from configuration).</summary>
+public sealed class LvlmChatClientOptions
+{
+    /// <summary>Model folder (Hugging Face format). Required when the client is created through DI.</summary>
+    public string? ModelPath { get; set; }
+
+    /// <summary>"cpu", "cuda" or "cuda:N".</summary>
+    public string Device { get; set; } = "cpu";
+
+    /// <summary>"f32", "bf16" or "f16"; null picks the runtime's default for the device.</summary>
+    public string? DType { get; set; }
+
+    /// <summary>Model id reported in responses; default: the folder name.</summary>
+    public string? ModelId { get; set; }
+
+    /// <summary>Output budget when a request sets none.</summary>
+    public int DefaultMaxOutputTokens { get; set; } = 256;
+
+    /// <summary>Fetch http(s) image URIs (off by default: a request could otherwise make the host download anything).</summary>
+    public bool AllowRemoteImages { get; set; }
+
+    /// <summary>Largest image accepted from a URI or file, in bytes.</summary>
+    public long MaxImageBytes { get; set; } = 20 * 1024 * 1024;
+
+    /// <summary>Time limit of one remote image download.</summary>
+    public TimeSpan RemoteImageTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Bytes of encoded image features kept between requests (0 disables the cache).</summary>
+    public long ImageCacheBytes { get; set; } = 256L * 1024 * 1024;
+}
+
+/// <summary>A message part the local model cannot take (audio, unknown media types, undecodable images, ...).</summary>
+public sealed class UnsupportedContentException : PruneKernelException
+{
+    /// <summary>Creates the exception.</summary>
+    public UnsupportedContentException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public UnsupportedContentException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public UnsupportedContentException(string message, Exception innerException) : base(message, innerException) { }
+}

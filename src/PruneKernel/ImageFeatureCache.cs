@@ -1,0 +1,32 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using PruneKernel.Vision;
+using TorchSharp;
+
+namespace PruneKernel;
+
+/// <summary>
+/// Keeps encoded image features (vision tower + projector output) between requests, so a multi-turn chat that sends the
+/// same image again does not encode it again. Keys already include the model, dtype and device. The cache owns the
+/// tensors it is given and must dispose them when it evicts them.
+/// </summary>
+public interface IImageFeatureCache
+{
+    /// <summary>Looks up features; the returned tensor stays owned by the cache.</summary>
+    bool TryGet(string key, [NotNullWhen(true)] out torch.Tensor? features);
+
+    /// <summary>Stores features of <paramref name="sizeBytes"/> bytes; the cache takes ownership.</summary>
+    void Set(string key, torch.Tensor features, long sizeBytes);
+}
+
+/// <summary>Content keys for image features.</summary>
+internal static class ImageFeatureKeys
+{
+    /// <summary>SHA-256 of the preprocessed pixels (what the vision tower sees), qualified by model, dtype and device.</summary>
+    public static string For(string modelIdentity, PixelValues pixels)
+    {
+        var hash = SHA256.HashData(MemoryMarshal.AsBytes(pixels.Data.AsSpan()));
+        return $"{modelIdentity}|{pixels.Channels}x{pixels.Height}x{pixels.Width}|{Convert.ToHexString(hash)}";
+    }
+}
