@@ -224,7 +224,10 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         var json = $$"""{ "PruneKernel": { "ModelPath": "{{Fixtures.Model("llava-tiny-f32").Replace("\\", "\\\\", StringComparison.Ordinal)}}", "DefaultMaxOutputTokens": 3, "ModelId": "tiny" } }""";
         var configuration = new ConfigurationBuilder().AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json))).Build();
         var services = new ServiceCollection();
-        services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel")).UseContextPruning(new ContextPruningOptions { Layers = 2 });
+        services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel"))
+            .UseContextPruning(new ContextPruningOptions { Layers = 2 })
+            .UseOpenTelemetry()
+            .UseLogging();
         await using var provider = services.BuildServiceProvider();
         var client = provider.GetRequiredService<IChatClient>();
         var response = await client.GetResponseAsync(Question());
@@ -232,6 +235,31 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         Assert.Equal("tiny", response.ModelId);
         Assert.True(response.AdditionalProperties!.ContainsKey(LvlmChatClient.PruningReportKey));
         Assert.Throws<ArgumentException>(() => new ServiceCollection().AddPruneKernelChatClient(_ => { }));
+    }
+
+    [Fact]
+    public async Task ComposesWithDistributedCachingMiddleware()
+    {
+        var cache = new Microsoft.Extensions.Caching.Distributed.MemoryDistributedCache(
+            Microsoft.Extensions.Options.Options.Create(new Microsoft.Extensions.Caching.Memory.MemoryDistributedCacheOptions()));
+        var counting = new CountingClient(Client);
+        var client = new ChatClientBuilder(counting).UseDistributedCache(cache).Build();
+        var options = new ChatOptions { MaxOutputTokens = 4 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var first = await client.GetResponseAsync(Question(), options);
+        var second = await client.GetResponseAsync(Question(), options);
+        Assert.Equal(first.Text, second.Text);
+        Assert.Equal(1, counting.Calls);
+    }
+
+    private sealed class CountingClient(IChatClient inner) : DelegatingChatClient(inner)
+    {
+        public int Calls { get; private set; }
+
+        public override Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+        {
+            Calls++;
+            return base.GetResponseAsync(messages, options, cancellationToken);
+        }
     }
 
     public sealed class Shared : IDisposable
