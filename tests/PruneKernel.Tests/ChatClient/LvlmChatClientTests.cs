@@ -226,8 +226,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         var services = new ServiceCollection();
         services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel"))
             .UseContextPruning(new ContextPruningOptions { Layers = 2 })
-            .UseOpenTelemetry()
-            .UseLogging();
+            .UseOpenTelemetry();
         await using var provider = services.BuildServiceProvider();
         var client = provider.GetRequiredService<IChatClient>();
         var response = await client.GetResponseAsync(Question());
