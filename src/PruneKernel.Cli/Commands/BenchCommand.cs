@@ -143,7 +143,7 @@ internal static class BenchCommand
         for (var i = 0; i < warmup + iterations; i++)
         {
             using var scope = NewDisposeScope();
-            using var cache = new DecoderCache(config.NumHiddenLayers, total + 1);
+            using var cache = new DecoderCache(config.NumHiddenLayers, 1);
             var pruner = pruning is null ? null : new ContextPruner(pruning, layout);
             Synchronize(device);
             var watch = Stopwatch.StartNew();

@@ -40,7 +40,7 @@ internal static class LlavaGenerator
         var text = tokenizer.CreateStreamDecoder();
         var output = new List<int>();
         var total = Stopwatch.StartNew();
-        using var cache = new DecoderCache(model.Config.Text.NumHiddenLayers, promptLength + maxNew);
+        using var cache = new DecoderCache(model.Config.Text.NumHiddenLayers, maxNew);
 
         cancellationToken.ThrowIfCancellationRequested();
         var watch = Stopwatch.StartNew();

@@ -4,16 +4,17 @@ using static TorchSharp.torch;
 namespace PruneKernel.Language;
 
 /// <summary>
-/// Keys and values one decoder layer has seen, preallocated to the request's capacity so decoding appends in place.
-/// Layers own separate caches because context pruning gives deeper layers fewer tokens than shallow ones.
+/// Keys and values one decoder layer has seen. The first append (the prompt pass) sizes the buffers to what this layer
+/// received plus the decoding budget, so decoding appends in place, and layers behind context pruning hold only the
+/// tokens they kept. Layers own separate caches because pruning gives deeper layers fewer tokens than shallow ones.
 /// </summary>
 internal sealed class LayerKvCache : IDisposable
 {
-    private readonly long _capacity;
+    private readonly long _decodeCapacity;
     private Tensor? _keys;
     private Tensor? _values;
 
-    public LayerKvCache(long capacity) => _capacity = capacity;
+    public LayerKvCache(long decodeCapacity) => _decodeCapacity = decodeCapacity;
 
     /// <summary>Tokens cached so far.</summary>
     public long Length { get; private set; }
@@ -24,7 +25,7 @@ internal sealed class LayerKvCache : IDisposable
         var t = keys.shape[2];
         if (_keys is null || _values is null)
         {
-            long[] shape = [keys.shape[0], keys.shape[1], Math.Max(_capacity, t), keys.shape[3]];
+            long[] shape = [keys.shape[0], keys.shape[1], t + _decodeCapacity, keys.shape[3]];
             _keys = torch.empty(shape, keys.dtype, keys.device).DetachFromDisposeScope();
             _values = torch.empty(shape, values.dtype, values.device).DetachFromDisposeScope();
         }
@@ -56,15 +57,12 @@ internal sealed class LayerKvCache : IDisposable
 /// <summary>The per-layer caches of one generation request.</summary>
 internal sealed class DecoderCache : IDisposable
 {
-    public DecoderCache(int layers, long capacity)
-    {
-        Layers = Enumerable.Range(0, layers).Select(_ => new LayerKvCache(capacity)).ToArray();
-        Capacity = capacity;
-    }
+    /// <param name="layers">Decoder layers.</param>
+    /// <param name="decodeCapacity">Tokens each layer can take after the prompt pass.</param>
+    public DecoderCache(int layers, long decodeCapacity) =>
+        Layers = Enumerable.Range(0, layers).Select(_ => new LayerKvCache(decodeCapacity)).ToArray();
 
     public LayerKvCache[] Layers { get; }
-
-    public long Capacity { get; }
 
     public void Dispose()
     {
