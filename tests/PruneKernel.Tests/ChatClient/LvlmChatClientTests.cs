@@ -237,6 +237,40 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     }
 
     [Fact]
+    public async Task MeterReportsTokensPrunedTokensCacheAndLatency()
+    {
+        var totals = new System.Collections.Concurrent.ConcurrentDictionary<string, double>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == LvlmTelemetry.MeterName)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, _, _) => totals.AddOrUpdate(instrument.Name, value, (_, v) => v + value));
+        listener.SetMeasurementEventCallback<double>((instrument, value, _, _) => totals.AddOrUpdate(instrument.Name, value, (_, v) => v + value));
+        listener.Start();
+
+        using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
+        using var cache = new MemoryImageFeatureCache(1 << 26);
+        model.ImageFeatureCache = cache;
+        using var client = new LvlmChatClient(model);
+        var longText = string.Join(" ", Enumerable.Repeat("The lamp and the rope were on the table.", 8)) + " What is shown?";
+        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        await client.GetResponseAsync(Question(longText), options);
+        await client.GetResponseAsync(Question(longText), options);
+        listener.RecordObservableInstruments();
+
+        Assert.True(totals["prunekernel.tokens.input"] > 100);
+        Assert.True(totals["prunekernel.tokens.output"] >= 6);
+        Assert.True(totals["prunekernel.tokens.pruned"] > 0);
+        Assert.True(totals["prunekernel.image_cache.hits"] >= 1);
+        Assert.True(totals["prunekernel.image_cache.misses"] >= 1);
+        Assert.True(totals["prunekernel.request.duration"] > 0);
+    }
+
+    [Fact]
     public async Task ComposesWithDistributedCachingMiddleware()
     {
         var cache = new Microsoft.Extensions.Caching.Distributed.MemoryDistributedCache(
