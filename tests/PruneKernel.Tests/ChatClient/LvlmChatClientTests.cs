@@ -206,6 +206,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         GC.Collect();
         GC.WaitForPendingFinalizers();
         var before = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64;
+        var gpuBefore = GpuMemoryMiB();
         for (var i = 0; i < 100; i++)
         {
             await Client.GetResponseAsync(Question(), options);
@@ -214,8 +215,10 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         GC.Collect();
         GC.WaitForPendingFinalizers();
         var growth = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64 - before;
-        TestContext.Current.SendDiagnosticMessage($"private memory growth over 100 requests: {growth / 1024} KiB");
+        var gpuGrowth = GpuMemoryMiB() - gpuBefore;
+        TestContext.Current.SendDiagnosticMessage($"over 100 requests on {_shared.Model.Device}: private memory growth {growth / 1024} KiB, GPU memory growth {gpuGrowth} MiB");
         Assert.True(growth < 64L * 1024 * 1024, $"grew by {growth / 1024 / 1024} MiB");
+        Assert.True(gpuGrowth < 64, $"GPU memory grew by {gpuGrowth} MiB");
     }
 
     [Fact]
@@ -284,6 +287,28 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         Assert.Equal(1, counting.Calls);
     }
 
+    /// <summary>This process's GPU memory per nvidia-smi, or 0 where there is none.</summary>
+    private static long GpuMemoryMiB()
+    {
+        try
+        {
+            using var smi = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nvidia-smi", "--query-compute-apps=pid,used_memory --format=csv,noheader,nounits")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            })!;
+            var output = smi.StandardOutput.ReadToEnd();
+            smi.WaitForExit();
+            var self = Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            return output.Split('\n').Select(line => line.Split(',')).Where(p => p.Length == 2 && p[0].Trim() == self)
+                .Sum(p => long.Parse(p[1].Trim(), System.Globalization.CultureInfo.InvariantCulture));
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return 0; // no nvidia-smi: a CPU machine
+        }
+    }
+
     private sealed class CountingClient(IChatClient inner) : DelegatingChatClient(inner)
     {
         public int Calls { get; private set; }
@@ -299,7 +324,8 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     {
         public Shared()
         {
-            Model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
+            // The GPU run sets PRUNEKERNEL_TEST_DEVICE=cuda; CI uses the CPU.
+            Model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"), new LvlmLoadOptions { Device = Environment.GetEnvironmentVariable("PRUNEKERNEL_TEST_DEVICE") ?? "cpu" });
             Client = new LvlmChatClient(Model);
         }
 
