@@ -195,33 +195,6 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     }
 
     [Fact]
-    public async Task HundredSequentialRequestsDoNotGrowMemory()
-    {
-        var options = new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
-        for (var i = 0; i < 10; i++)
-        {
-            await Client.GetResponseAsync(Question(), options);
-        }
-
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        var before = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64;
-        var gpuBefore = GpuMemoryMiB();
-        for (var i = 0; i < 100; i++)
-        {
-            await Client.GetResponseAsync(Question(), options);
-        }
-
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        var growth = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64 - before;
-        var gpuGrowth = GpuMemoryMiB() - gpuBefore;
-        TestContext.Current.SendDiagnosticMessage($"over 100 requests on {_shared.Model.Device}: private memory growth {growth / 1024} KiB, GPU memory growth {gpuGrowth} MiB");
-        Assert.True(growth < 64L * 1024 * 1024, $"grew by {growth / 1024 / 1024} MiB");
-        Assert.True(gpuGrowth < 64, $"GPU memory grew by {gpuGrowth} MiB");
-    }
-
-    [Fact]
     public async Task DependencyInjectionFromConfigurationComposesMiddleware()
     {
         var json = $$"""{ "PruneKernel": { "ModelPath": "{{Fixtures.Model("llava-tiny-f32").Replace("\\", "\\\\", StringComparison.Ordinal)}}", "DefaultMaxOutputTokens": 3, "ModelId": "tiny" } }""";
@@ -287,28 +260,6 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         Assert.Equal(1, counting.Calls);
     }
 
-    /// <summary>This process's GPU memory per nvidia-smi, or 0 where there is none.</summary>
-    private static long GpuMemoryMiB()
-    {
-        try
-        {
-            using var smi = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nvidia-smi", "--query-compute-apps=pid,used_memory --format=csv,noheader,nounits")
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-            })!;
-            var output = smi.StandardOutput.ReadToEnd();
-            smi.WaitForExit();
-            var self = Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            return output.Split('\n').Select(line => line.Split(',')).Where(p => p.Length == 2 && p[0].Trim() == self)
-                .Sum(p => long.Parse(p[1].Trim(), System.Globalization.CultureInfo.InvariantCulture));
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return 0; // no nvidia-smi: a CPU machine
-        }
-    }
-
     private sealed class CountingClient(IChatClient inner) : DelegatingChatClient(inner)
     {
         public int Calls { get; private set; }
@@ -341,4 +292,71 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
             Task.FromResult(new HttpResponseMessage(HttpStatusCode.OK) { Content = new ByteArrayContent(body) });
     }
+}
+
+/// <summary>Runs alone (no parallel tests in the process), so process memory reflects these requests only.</summary>
+[CollectionDefinition(nameof(MemoryStabilityTests), DisableParallelization = true)]
+public sealed class MemoryStabilityGroup;
+
+/// <summary>Memory stays flat across many requests.</summary>
+[Collection(nameof(MemoryStabilityTests))]
+public sealed class MemoryStabilityTests : IClassFixture<LvlmChatClientTests.Shared>
+{
+    private static readonly byte[] Png = File.ReadAllBytes(Fixtures.Path("images", "img03.png"));
+    private readonly LvlmChatClientTests.Shared _shared;
+
+    public MemoryStabilityTests(LvlmChatClientTests.Shared shared) => _shared = shared;
+
+    private static ChatMessage[] Question() =>
+        [new ChatMessage(ChatRole.User, [new DataContent(Png, "image/png"), new TextContent("What is in the picture?")])];
+
+    [Fact]
+    public async Task HundredSequentialRequestsDoNotGrowMemory()
+    {
+        var options = new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        for (var i = 0; i < 10; i++)
+        {
+            await _shared.Client.GetResponseAsync(Question(), options);
+        }
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        var before = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64;
+        var gpuBefore = GpuMemoryMiB();
+        for (var i = 0; i < 100; i++)
+        {
+            await _shared.Client.GetResponseAsync(Question(), options);
+        }
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        var growth = System.Diagnostics.Process.GetCurrentProcess().PrivateMemorySize64 - before;
+        var gpuGrowth = GpuMemoryMiB() - gpuBefore;
+        TestContext.Current.SendDiagnosticMessage($"over 100 requests on {_shared.Model.Device}: private memory growth {growth / 1024} KiB, GPU memory growth {gpuGrowth} MiB");
+        Assert.True(growth < 64L * 1024 * 1024, $"grew by {growth / 1024 / 1024} MiB");
+        Assert.True(gpuGrowth < 64, $"GPU memory grew by {gpuGrowth} MiB");
+    }
+
+    /// <summary>This process's GPU memory per nvidia-smi, or 0 where there is none.</summary>
+    private static long GpuMemoryMiB()
+    {
+        try
+        {
+            using var smi = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nvidia-smi", "--query-compute-apps=pid,used_memory --format=csv,noheader,nounits")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            })!;
+            var output = smi.StandardOutput.ReadToEnd();
+            smi.WaitForExit();
+            var self = Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            return output.Split('\n').Select(line => line.Split(',')).Where(p => p.Length == 2 && p[0].Trim() == self)
+                .Sum(p => long.Parse(p[1].Trim(), System.Globalization.CultureInfo.InvariantCulture));
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return 0; // no nvidia-smi: a CPU machine
+        }
+    }
+
 }
