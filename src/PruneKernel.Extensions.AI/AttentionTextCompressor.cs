@@ -24,13 +24,17 @@ public sealed class AttentionTextCompressor
 
     /// <summary>Creates a compressor over <paramref name="model"/>.</summary>
     /// <param name="model">The scoring model.</param>
-    /// <param name="scoring">Aggregation, normalisation and layers to score with (default: max over heads, the first 10 layers or all if fewer).</param>
+    /// <param name="scoring">
+    /// Aggregation, normalisation and layers to score with. Default: max over heads, scores per visible query (raw
+    /// column sums under causal attention favour the start of a text, which matters more for plain text than for a
+    /// prompt with an image), the first 10 layers or all if fewer.
+    /// </param>
     public AttentionTextCompressor(Lvlm model, ContextPruningOptions? scoring = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         _model = model;
         var layers = Math.Min(scoring?.Layers ?? 10, model.Config.Text.NumHiddenLayers);
-        _scoring = (scoring ?? new ContextPruningOptions()) with
+        _scoring = (scoring ?? new ContextPruningOptions { Normalization = ScoreNormalization.PerVisibleQuery }) with
         {
             Enabled = true,
             Layers = layers,

@@ -1,0 +1,100 @@
+using Microsoft.Extensions.AI;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.SemanticKernel.ChatCompletion;
+using PruneKernel;
+using PruneKernel.Extensions.AI;
+using PruneKernel.SemanticKernel;
+
+namespace Microsoft.SemanticKernel;
+
+/// <summary>Registers PruneKernel's local model with Semantic Kernel.</summary>
+public static class PruneKernelSemanticKernelExtensions
+{
+    /// <summary>
+    /// Registers an <see cref="IChatCompletionService"/> (and the <see cref="IChatClient"/> and <see cref="LvlmChatClient"/>
+    /// under it) over a local model loaded on first use from <see cref="LvlmChatClientOptions.ModelPath"/>.
+    /// <see cref="PromptExecutionSettings"/> map to the model's sampling settings; context pruning travels in
+    /// <see cref="PromptExecutionSettings.ExtensionData"/> under <see cref="ContextPruningChatOptionsExtensions.PruningKey"/>.
+    /// </summary>
+    /// <param name="builder">The kernel builder.</param>
+    /// <param name="configure">Sets the model folder, device and client settings.</param>
+    /// <param name="serviceId">Key of the registrations; null registers them unkeyed.</param>
+    /// <returns>The same builder.</returns>
+    public static IKernelBuilder AddPruneKernelChatCompletion(this IKernelBuilder builder, Action<LvlmChatClientOptions> configure, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddPruneKernelChatCompletion(configure, serviceId);
+        return builder;
+    }
+
+    /// <summary>Same as the kernel-builder overload, on a service collection.</summary>
+    /// <param name="services">The services.</param>
+    /// <param name="configure">Sets the model folder, device and client settings.</param>
+    /// <param name="serviceId">Key of the registrations; null registers them unkeyed.</param>
+    /// <returns>The same services.</returns>
+    public static IServiceCollection AddPruneKernelChatCompletion(this IServiceCollection services, Action<LvlmChatClientOptions> configure, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        var options = new LvlmChatClientOptions();
+        configure(options);
+        if (string.IsNullOrWhiteSpace(options.ModelPath))
+        {
+            throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(configure));
+        }
+
+        return services.AddPruneKernelChatCompletion(provider =>
+        {
+            var model = Lvlm.Load(options.ModelPath!, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
+            if (options.ImageCacheBytes > 0)
+            {
+                model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);
+            }
+
+            var http = options.AllowRemoteImages ? provider.GetService<HttpClient>() ?? new HttpClient() : null;
+            return new LvlmChatClient(model, options, http, ownsModel: true);
+        }, serviceId);
+    }
+
+    /// <summary>
+    /// Registers the chat completion service over an already loaded model, which the caller keeps owning (useful when
+    /// several kernels or clients share one model).
+    /// </summary>
+    /// <param name="builder">The kernel builder.</param>
+    /// <param name="model">The loaded model.</param>
+    /// <param name="options">Client settings; null uses the defaults.</param>
+    /// <param name="serviceId">Key of the registrations; null registers them unkeyed.</param>
+    /// <returns>The same builder.</returns>
+    public static IKernelBuilder AddPruneKernelChatCompletion(this IKernelBuilder builder, Lvlm model, LvlmChatClientOptions? options = null, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(model);
+        builder.Services.AddPruneKernelChatCompletion(_ => new LvlmChatClient(model, options), serviceId);
+        return builder;
+    }
+
+    /// <summary>
+    /// Adds <see cref="PruneKernelPlugin"/> over the <see cref="LvlmChatClient"/> registered with the same
+    /// <paramref name="serviceId"/> by <c>AddPruneKernelChatCompletion</c>.
+    /// </summary>
+    /// <param name="plugins">The kernel builder's plugins.</param>
+    /// <param name="pluginName">Name of the plugin in the kernel.</param>
+    /// <param name="serviceId">Key of the chat completion registration.</param>
+    /// <returns>The same plugins builder.</returns>
+    public static IKernelBuilderPlugins AddPruneKernelPlugin(this IKernelBuilderPlugins plugins, string pluginName = PruneKernelPlugin.DefaultName, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(plugins);
+        plugins.Services.AddSingleton(provider =>
+            KernelPluginFactory.CreateFromObject(new PruneKernelPlugin(provider.GetRequiredKeyedService<LvlmChatClient>(serviceId)), pluginName));
+        return plugins;
+    }
+
+    private static IServiceCollection AddPruneKernelChatCompletion(this IServiceCollection services, Func<IServiceProvider, LvlmChatClient> factory, string? serviceId)
+    {
+        services.AddKeyedSingleton(serviceId, (provider, _) => factory(provider));
+        services.AddKeyedSingleton<IChatClient>(serviceId, (provider, key) => provider.GetRequiredKeyedService<LvlmChatClient>(key));
+        services.AddKeyedSingleton(serviceId, (provider, key) =>
+            new PruningSettingsChatClient(provider.GetRequiredKeyedService<LvlmChatClient>(key)).AsChatCompletionService(provider));
+        return services;
+    }
+}
