@@ -46,6 +46,31 @@ public sealed class LvlmChatClient : IChatClient
     /// <summary>The client's settings.</summary>
     public LvlmChatClientOptions Options { get; }
 
+    /// <summary>
+    /// Loads the model named by <see cref="LvlmChatClientOptions.ModelPath"/> on the configured device, attaches an image
+    /// feature cache of <see cref="LvlmChatClientOptions.ImageCacheBytes"/>, and returns a client that owns both.
+    /// </summary>
+    /// <param name="options">Model folder, device and client settings.</param>
+    /// <param name="httpClient">For http(s) images when <see cref="LvlmChatClientOptions.AllowRemoteImages"/> is on; a new one if null.</param>
+    /// <exception cref="ArgumentException">No model folder is set.</exception>
+    public static LvlmChatClient Load(LvlmChatClientOptions options, HttpClient? httpClient = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (string.IsNullOrWhiteSpace(options.ModelPath))
+        {
+            throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(options));
+        }
+
+        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
+        if (options.ImageCacheBytes > 0)
+        {
+            model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);
+        }
+
+        var http = options.AllowRemoteImages ? httpClient ?? new HttpClient() : null;
+        return new LvlmChatClient(model, options, http, ownsModel: true);
+    }
+
     private string ModelId => Options.ModelId ?? Path.GetFileName(_model.ModelFolder.TrimEnd('/'));
 
     /// <inheritdoc />

@@ -1,6 +1,5 @@
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
-using PruneKernel;
 using PruneKernel.Extensions.AI;
 
 namespace Microsoft.Extensions.DependencyInjection;
@@ -39,16 +38,6 @@ public static class PruneKernelServiceCollectionExtensions
         }
 
         services.AddSingleton(options);
-        return services.AddChatClient(provider =>
-        {
-            var model = Lvlm.Load(options.ModelPath!, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
-            if (options.ImageCacheBytes > 0)
-            {
-                model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);
-            }
-
-            var http = options.AllowRemoteImages ? provider.GetService<HttpClient>() ?? new HttpClient() : null;
-            return new LvlmChatClient(model, options, http, ownsModel: true);
-        });
+        return services.AddChatClient(provider => LvlmChatClient.Load(options, provider.GetService<HttpClient>()));
     }
 }

@@ -43,17 +43,7 @@ public static class PruneKernelSemanticKernelExtensions
             throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(configure));
         }
 
-        return services.AddPruneKernelChatCompletion(provider =>
-        {
-            var model = Lvlm.Load(options.ModelPath!, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
-            if (options.ImageCacheBytes > 0)
-            {
-                model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);
-            }
-
-            var http = options.AllowRemoteImages ? provider.GetService<HttpClient>() ?? new HttpClient() : null;
-            return new LvlmChatClient(model, options, http, ownsModel: true);
-        }, serviceId);
+        return services.AddPruneKernelChatCompletion(provider => LvlmChatClient.Load(options, provider.GetService<HttpClient>()), serviceId);
     }
 
     /// <summary>
