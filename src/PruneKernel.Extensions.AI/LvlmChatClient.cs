@@ -174,6 +174,11 @@ public sealed class LvlmChatClient : IChatClient
     private async Task<(LvlmPrompt Prompt, GenerationOptions Options)> PrepareAsync(IEnumerable<ChatMessage> messages, ChatOptions? options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(messages);
+        if (options?.ModelId is { } requested && !string.Equals(requested, ModelId, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new NotSupportedException($"This client serves the local model '{ModelId}', not '{requested}'.");
+        }
+
         if (options?.Tools is { Count: > 0 })
         {
             throw new NotSupportedException($"The local model '{ModelId}' has no tool calling; remove the tools from ChatOptions.");

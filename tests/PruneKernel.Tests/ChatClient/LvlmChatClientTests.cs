@@ -154,6 +154,11 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         await Assert.ThrowsAsync<NotSupportedException>(() => Client.GetResponseAsync(Question(),
             new ChatOptions { Tools = [AIFunctionFactory.Create(() => 42, "answer")] }));
         await Assert.ThrowsAsync<NotSupportedException>(() => Client.GetResponseAsync([new ChatMessage(ChatRole.Tool, "42")]));
+        await Assert.ThrowsAsync<NotSupportedException>(() => Client.GetResponseAsync(Question(), new ChatOptions { ModelId = "gpt-4o" }));
+        Assert.NotEmpty((await Client.GetResponseAsync(Question(), new ChatOptions { ModelId = "llava-tiny-f32", MaxOutputTokens = 2 })).Text);
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Client.GetResponseAsync(Question(), new ChatOptions { TopP = 1.5f }));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Client.GetResponseAsync(Question(),
+            new ChatOptions().WithContextPruning(new ContextPruningOptions { Rate = 2 })));
         var tooLong = await Assert.ThrowsAsync<ContextLengthExceededException>(() => Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 5000 }));
         Assert.True(tooLong.PromptTokens > 0);
         Assert.NotEmpty((await Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 2 })).Text);
