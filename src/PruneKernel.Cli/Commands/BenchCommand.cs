@@ -58,8 +58,10 @@ internal static class BenchCommand
         var layers = new Option<int>("--prune-layers") { DefaultValueFactory = _ => 10 };
         var modes = new Option<string[]>("--pruning") { Description = "off, progressive, once (repeatable).", DefaultValueFactory = _ => ["off", "progressive", "once"], AllowMultipleArgumentsPerToken = true };
         var output = new Option<FileInfo?>("--output") { Description = "Write the records as JSON here." };
+        var decode = new Option<int>("--decode-tokens") { Description = "Tokens decoded after the prompt to time decoding (0 skips).", DefaultValueFactory = _ => 128 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per forward pass (pruning needs 1).", DefaultValueFactory = _ => 1 };
         var command = new Command("bench", "Measure prefill latency with and without context pruning on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch })
         {
             command.Add(option);
         }
@@ -87,7 +89,13 @@ internal static class BenchCommand
                         _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
                     };
                     pruning?.Validate(config.NumHiddenLayers);
-                    var record = Measure(model, head, config, dev, type, r.GetValue(visual), textTokens, pruning, r.GetValue(warmup), r.GetValue(iterations));
+                    if (pruning is not null && r.GetValue(batch) != 1)
+                    {
+                        throw new PruneKernelException("Context pruning runs with batch 1; use --pruning off for batched throughput.");
+                    }
+
+                    var record = Measure(model, head, config, dev, type, new Workload(r.GetValue(batch), r.GetValue(visual), textTokens, r.GetValue(decode)),
+                        pruning, r.GetValue(warmup), r.GetValue(iterations));
                     record["impl"] = "prunekernel";
                     record["model"] = r.GetValue(shape);
                     record["device"] = dev.type == DeviceType.CUDA ? "cuda" : "cpu";
@@ -129,15 +137,21 @@ internal static class BenchCommand
         return model;
     }
 
-    private static JsonObject Measure(LlamaModel model, Linear head, TextConfig config, Device device, ScalarType dtype,
-        int visualTokens, int textTokens, ContextPruningOptions? pruning, int warmup, int iterations)
+    private sealed record Workload(int Batch, int VisualTokens, int TextTokens, int DecodeTokens)
     {
-        var total = 1 + visualTokens + textTokens;
-        var visual = Enumerable.Range(0, total).Select(i => i >= 1 && i <= visualTokens).ToArray();
+        public int PromptTokens => 1 + VisualTokens + TextTokens;
+    }
+
+    private static JsonObject Measure(LlamaModel model, Linear head, TextConfig config, Device device, ScalarType dtype,
+        Workload work, ContextPruningOptions? pruning, int warmup, int iterations)
+    {
+        var total = work.PromptTokens;
+        var visual = Enumerable.Range(0, total).Select(i => i >= 1 && i <= work.VisualTokens).ToArray();
         var layout = new PromptLayout(visual, HeaderStart: total - 5, LastUserTurnStart: null);
-        using var embeds = (torch.randn([1, total, config.HiddenSize], generator: new Generator(7)) * 0.02).to(dtype, device);
-        using var positions = torch.arange(total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
-        var times = new List<double>();
+        using var embeds = (torch.randn([work.Batch, total, config.HiddenSize], generator: new Generator(7)) * 0.02).to(dtype, device);
+        using var positions = torch.arange(total, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(work.Batch, -1);
+        var prefills = new List<double>();
+        var firstTokens = new List<double>();
         var scoring = new List<double>();
         PruningReport? report = null;
         for (var i = 0; i < warmup + iterations; i++)
@@ -150,27 +164,34 @@ internal static class BenchCommand
             var hidden = model.forward(embeds, positions, cache, selector: pruner);
             var logits = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1));
             Synchronize(device);
-            watch.Stop();
-            _ = logits.argmax().item<long>();
+            var prefill = watch.Elapsed.TotalMilliseconds;
+            _ = logits.argmax(-1)[0, 0].item<long>();
             if (i >= warmup)
             {
-                times.Add(watch.Elapsed.TotalMilliseconds);
+                prefills.Add(prefill);
+                firstTokens.Add(watch.Elapsed.TotalMilliseconds);
                 report = pruner?.Report();
                 scoring.Add(report?.ScoringMs ?? 0);
             }
         }
 
-        var prefill = Median(times);
+        var decodeMs = work.DecodeTokens > 0 ? DecodeMsPerToken(model, head, config, device, embeds, positions, layout, pruning, work) : (double?)null;
+        var prefillMs = Median(prefills);
         var result = new JsonObject
         {
-            ["batch"] = 1,
-            ["text_tokens"] = textTokens,
-            ["visual_tokens"] = visualTokens,
-            ["prefill_ms"] = Math.Round(prefill, 3),
-            ["prefill_ms_min"] = Math.Round(times.Min(), 3),
+            ["batch"] = work.Batch,
+            ["text_tokens"] = work.TextTokens,
+            ["visual_tokens"] = work.VisualTokens,
+            ["prefill_ms"] = Math.Round(prefillMs, 3),
+            ["prefill_ms_min"] = Math.Round(prefills.Min(), 3),
+            ["ttft_ms"] = Math.Round(Median(firstTokens), 3),
+            ["decode_ms_per_token"] = decodeMs is null ? null : Math.Round(decodeMs.Value, 3),
+            ["decode_tokens"] = work.DecodeTokens,
+            ["decode_tokens_per_s"] = decodeMs is null ? null : Math.Round(work.Batch * 1000 / decodeMs.Value, 1),
+            ["peak_mem_mb"] = device.type == DeviceType.CUDA ? ProcessGpuMemoryMiB() : null,
             ["iterations"] = iterations,
             ["scoring_ms"] = Math.Round(Median(scoring), 3),
-            ["scoring_share"] = Math.Round(Median(scoring) / prefill, 4),
+            ["scoring_share"] = Math.Round(Median(scoring) / prefillMs, 4),
         };
         if (report is not null)
         {
@@ -182,6 +203,51 @@ internal static class BenchCommand
         }
 
         return result;
+    }
+
+    /// <summary>Greedy decoding after a (possibly pruned) prompt pass: wall time per step, each step ending in a host sync as real decoding does.</summary>
+    private static double DecodeMsPerToken(LlamaModel model, Linear head, TextConfig config, Device device, Tensor embeds, Tensor positions,
+        PromptLayout layout, ContextPruningOptions? pruning, Workload work)
+    {
+        using var scope = NewDisposeScope();
+        using var cache = new DecoderCache(config.NumHiddenLayers, work.DecodeTokens);
+        var pruner = pruning is null ? null : new ContextPruner(pruning, layout);
+        var hidden = model.forward(embeds, positions, cache, selector: pruner);
+        var next = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1)).argmax(-1);
+        Synchronize(device);
+        var watch = Stopwatch.StartNew();
+        for (var step = 0; step < work.DecodeTokens; step++)
+        {
+            using var inner = NewDisposeScope();
+            var position = torch.full([work.Batch, 1], work.PromptTokens + step, ScalarType.Int64, device);
+            var h = model.forward(model.embed_tokens.forward(next), position, cache);
+            next = head.forward(h).argmax(-1).MoveToOuterDisposeScope();
+            _ = next[0, 0].item<long>();
+        }
+
+        return watch.Elapsed.TotalMilliseconds / work.DecodeTokens;
+    }
+
+    /// <summary>This process's GPU memory per nvidia-smi (the caching allocator keeps its peak reservation), or null.</summary>
+    private static long? ProcessGpuMemoryMiB()
+    {
+        try
+        {
+            using var smi = Process.Start(new ProcessStartInfo("nvidia-smi", "--query-compute-apps=pid,used_memory --format=csv,noheader,nounits")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            })!;
+            var output = smi.StandardOutput.ReadToEnd();
+            smi.WaitForExit();
+            var self = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+            return output.Split('\n').Select(line => line.Split(',')).Where(p => p.Length == 2 && p[0].Trim() == self)
+                .Sum(p => long.Parse(p[1].Trim(), CultureInfo.InvariantCulture));
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null;
+        }
     }
 
     private static void Synchronize(Device device)
