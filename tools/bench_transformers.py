@@ -5,7 +5,8 @@ A LLaMA decoder of a named LLaVA shape with deterministic random weights on the 
 1 + visual + text tokens (the vision tower is not part of either measurement), sdpa attention, bf16:
 prefill latency (median after warm-up, CUDA-synchronised, logits of the last position only), time to first token
 (prefill + argmax on the host), greedy decoding ms/token over N tokens with the KV cache (one host sync per token, as
-a real decoding loop has), and peak memory (torch.cuda.max_memory_allocated, so allocator-level, not process-level).
+a real decoding loop has), and peak memory: peak_mem_mb is torch.cuda.max_memory_reserved (what the caching allocator
+held at its peak, weights included; `prunekernel bench` reports the same quantity), peak_mem_allocated_mb the tensors' own.
 Usage (GPU machine): python3 tools/bench_transformers.py --shape llava-1.5-7b --output out.json
 """
 import argparse, datetime, json, statistics, time
@@ -46,6 +47,7 @@ def measure(model, batch, visual, text, decode_tokens, warmup, iterations):
     gen = torch.Generator(device="cuda").manual_seed(7)
     embeds = (torch.randn(batch, total, hidden, generator=gen, device="cuda") * 0.02).to(model.dtype)
     prefills, firsts = [], []
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
         for i in range(warmup + iterations):
@@ -74,14 +76,15 @@ def measure(model, batch, visual, text, decode_tokens, warmup, iterations):
                 int(nxt[0, 0])
             decode_ms = (time.perf_counter() - t0) * 1000 / decode_tokens
             del out, past
-    peak = torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_reserved() / 2**20
+    peak_allocated = torch.cuda.max_memory_allocated() / 2**20
     prefill = statistics.median(prefills)
     return {
         "batch": batch, "text_tokens": text, "visual_tokens": visual, "prefill_ms": round(prefill, 3),
         "prefill_ms_min": round(min(prefills), 3), "ttft_ms": round(statistics.median(firsts), 3),
         "decode_ms_per_token": None if decode_ms is None else round(decode_ms, 3), "decode_tokens": decode_tokens,
         "decode_tokens_per_s": None if decode_ms is None else round(batch * 1000 / decode_ms, 1),
-        "peak_mem_mb": round(peak), "iterations": iterations,
+        "peak_mem_mb": round(peak), "peak_mem_allocated_mb": round(peak_allocated), "iterations": iterations,
     }
 
 
@@ -94,14 +97,19 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--no-cudnn-sdpa", action="store_true",
+                    help="take cuDNN's fused attention out of sdpa's choices (it builds a plan per new sequence length)")
     ap.add_argument("--output")
     a = ap.parse_args()
+    if a.no_cudnn_sdpa:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = build(a.shape, torch.bfloat16)
     records = []
     for text in a.text_tokens:
         r = measure(model, a.batch, a.visual_tokens, text, a.decode_tokens, a.warmup, a.iterations)
         r.update({"impl": "transformers", "model": a.shape, "device": "cuda", "dtype": "bf16", "pruning": "off",
-                  "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name()})
+                  "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
+                  "sdpa_cudnn": torch.backends.cuda.cudnn_sdp_enabled()})
         records.append(r)
         print(json.dumps(r), flush=True)
     if a.output:

@@ -75,6 +75,7 @@ internal static class BenchCommand
             var type = TorchRuntime.ResolveDType(r.GetValue(dtype)!);
             var records = new JsonArray();
             using var noGrad = torch.no_grad();
+            var contextMiB = CudaContextMiB(dev);
             using var model = RandomDecoder(config, type, dev, out var head);
             foreach (var textTokens in r.GetValue(text)!)
             {
@@ -95,12 +96,13 @@ internal static class BenchCommand
                     }
 
                     var record = Measure(model, head, config, dev, type, new Workload(r.GetValue(batch), r.GetValue(visual), textTokens, r.GetValue(decode)),
-                        pruning, r.GetValue(warmup), r.GetValue(iterations));
+                        pruning, r.GetValue(warmup), r.GetValue(iterations), contextMiB);
                     record["impl"] = "prunekernel";
                     record["model"] = r.GetValue(shape);
                     record["device"] = dev.type == DeviceType.CUDA ? "cuda" : "cpu";
                     record["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
                     record["dtype"] = r.GetValue(dtype);
+                    record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
                     record["pruning"] = pruning is null ? "off" : $"{mode}-{pruning.Rate.ToString(CultureInfo.InvariantCulture)}x{pruning.Layers}";
                     records.Add(record);
                     await console.WriteLineAsync(record.ToJsonString());
@@ -143,7 +145,7 @@ internal static class BenchCommand
     }
 
     private static JsonObject Measure(LlamaModel model, Linear head, TextConfig config, Device device, ScalarType dtype,
-        Workload work, ContextPruningOptions? pruning, int warmup, int iterations)
+        Workload work, ContextPruningOptions? pruning, int warmup, int iterations, long? contextMiB)
     {
         var total = work.PromptTokens;
         var visual = Enumerable.Range(0, total).Select(i => i >= 1 && i <= work.VisualTokens).ToArray();
@@ -175,8 +177,10 @@ internal static class BenchCommand
             }
         }
 
-        var decodeMs = work.DecodeTokens > 0 ? DecodeMsPerToken(model, head, config, device, embeds, positions, layout, pruning, work) : (double?)null;
+        var trace = work.DecodeTokens > 0 ? Decode(model, head, config, device, embeds, positions, layout, pruning, work) : null;
+        var decodeMs = trace?.MsPerToken;
         var prefillMs = Median(prefills);
+        var processMiB = device.type == DeviceType.CUDA ? ProcessGpuMemoryMiB() : null;
         var result = new JsonObject
         {
             ["batch"] = work.Batch,
@@ -188,7 +192,14 @@ internal static class BenchCommand
             ["decode_ms_per_token"] = decodeMs is null ? null : Math.Round(decodeMs.Value, 3),
             ["decode_tokens"] = work.DecodeTokens,
             ["decode_tokens_per_s"] = decodeMs is null ? null : Math.Round(work.Batch * 1000 / decodeMs.Value, 1),
-            ["peak_mem_mb"] = device.type == DeviceType.CUDA ? ProcessGpuMemoryMiB() : null,
+            ["decode_step_ms_median"] = Round(trace?.StepMedianMs),
+            ["decode_step_ms_p90"] = Round(trace?.StepP90Ms),
+            ["decode_step_ms_max"] = Round(trace?.StepMaxMs),
+            ["decode_host_enqueue_ms_median"] = Round(trace?.HostEnqueueMedianMs),
+            ["decode_gc_collections"] = trace?.GcCollections,
+            ["decode_gc_pause_ms"] = Round(trace?.GcPauseMs),
+            ["process_gpu_mem_mb"] = processMiB,
+            ["peak_mem_mb"] = processMiB - contextMiB,
             ["iterations"] = iterations,
             ["scoring_ms"] = Math.Round(Median(scoring), 3),
             ["scoring_share"] = Math.Round(Median(scoring) / prefillMs, 4),
@@ -205,8 +216,16 @@ internal static class BenchCommand
         return result;
     }
 
-    /// <summary>Greedy decoding after a (possibly pruned) prompt pass: wall time per step, each step ending in a host sync as real decoding does.</summary>
-    private static double DecodeMsPerToken(LlamaModel model, Linear head, TextConfig config, Device device, Tensor embeds, Tensor positions,
+    /// <summary>What one decoding run measured: wall time per step, the host's share of it, and the GC's.</summary>
+    private sealed record DecodeTrace(double MsPerToken, double StepMedianMs, double StepP90Ms, double StepMaxMs, double HostEnqueueMedianMs,
+        int GcCollections, double GcPauseMs);
+
+    /// <summary>
+    /// Greedy decoding after a (possibly pruned) prompt pass: wall time per step, each step ending in a host sync as real
+    /// decoding does. The host's enqueue time (until the sync starts) is recorded apart: when it is close to the step
+    /// time, decoding is bound by per-operation host overhead rather than by the GPU.
+    /// </summary>
+    private static DecodeTrace Decode(LlamaModel model, Linear head, TextConfig config, Device device, Tensor embeds, Tensor positions,
         PromptLayout layout, ContextPruningOptions? pruning, Workload work)
     {
         using var scope = NewDisposeScope();
@@ -215,17 +234,48 @@ internal static class BenchCommand
         var hidden = model.forward(embeds, positions, cache, selector: pruner);
         var next = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1)).argmax(-1);
         Synchronize(device);
-        var watch = Stopwatch.StartNew();
-        for (var step = 0; step < work.DecodeTokens; step++)
+        var steps = new List<double>();
+        var enqueue = new List<double>();
+        var gcBefore = GC.CollectionCount(0);
+        var pauseBefore = GC.GetTotalPauseDuration();
+        var total = Stopwatch.StartNew();
+        var step = Stopwatch.StartNew();
+        for (var i = 0; i < work.DecodeTokens; i++)
         {
+            step.Restart();
             using var inner = NewDisposeScope();
-            var position = torch.full([work.Batch, 1], work.PromptTokens + step, ScalarType.Int64, device);
+            var position = torch.full([work.Batch, 1], work.PromptTokens + i, ScalarType.Int64, device);
             var h = model.forward(model.embed_tokens.forward(next), position, cache);
             next = head.forward(h).argmax(-1).MoveToOuterDisposeScope();
+            enqueue.Add(step.Elapsed.TotalMilliseconds);
             _ = next[0, 0].item<long>();
+            steps.Add(step.Elapsed.TotalMilliseconds);
         }
 
-        return watch.Elapsed.TotalMilliseconds / work.DecodeTokens;
+        var msPerToken = total.Elapsed.TotalMilliseconds / work.DecodeTokens;
+        var sorted = steps.Order().ToList();
+        return new DecodeTrace(msPerToken, Median(steps), sorted[(int)(0.9 * (sorted.Count - 1))], sorted[^1], Median(enqueue),
+            GC.CollectionCount(0) - gcBefore, (GC.GetTotalPauseDuration() - pauseBefore).TotalMilliseconds);
+    }
+
+    /// <summary>
+    /// The process's GPU memory once CUDA is up and before the model exists (the CUDA context and libraries), so that
+    /// <c>peak_mem_mb</c> = process memory − this is what the caching allocator reserved at its peak: the same quantity as
+    /// torch.cuda.max_memory_reserved on the transformers side. The allocator never returns memory, so each
+    /// configuration needs its own process for its own peak.
+    /// </summary>
+    private static long? CudaContextMiB(Device device)
+    {
+        if (device.type != DeviceType.CUDA)
+        {
+            return null;
+        }
+
+        using (torch.ones(1, device: device))
+        {
+            Synchronize(device);
+            return ProcessGpuMemoryMiB() - 2; // minus the allocator's smallest block, held by the probe tensor
+        }
     }
 
     /// <summary>This process's GPU memory per nvidia-smi (the caching allocator keeps its peak reservation), or null.</summary>
@@ -249,6 +299,8 @@ internal static class BenchCommand
             return null;
         }
     }
+
+    private static double? Round(double? value) => value is double v ? Math.Round(v, 3) : null;
 
     private static void Synchronize(Device device)
     {

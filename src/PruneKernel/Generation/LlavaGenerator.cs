@@ -92,8 +92,8 @@ internal static class LlavaGenerator
             {
                 // The position keeps counting from the prompt's original length, whatever pruning did to the caches.
                 var ids = torch.tensor(new long[] { next }, dtype: ScalarType.Int64).unsqueeze(0);
-                var embeds = model.EmbedPrompt(ids, null);
-                var positions = torch.tensor(new long[] { promptLength + step }, dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
+                var embeds = model.EmbedTokens(ids);
+                var positions = torch.full([1, 1], promptLength + step, ScalarType.Int64, model.Device);
                 var hidden = model.language_model.forward(embeds, positions, cache);
                 next = sampler.Next(model.Logits(hidden)[0, 0]);
             }

@@ -10,8 +10,18 @@ namespace PruneKernel.Language;
 /// </summary>
 internal sealed class AttentionSummary : IDisposable
 {
-    /// <summary>Budget of scores held at once (16M: 64 MB in float32), whatever the sequence length.</summary>
-    private const long ScoreBudget = 1L << 24;
+    /// <summary>
+    /// Bytes of scores held at once, whatever the sequence length (the probabilities take as much again). Large enough
+    /// that a 3k-token layer needs a handful of chunks: each chunk costs a dozen operations of host overhead.
+    /// </summary>
+    public const long DefaultScoreBudgetBytes = 128L << 20;
+
+    private readonly long _scoreBudgetBytes;
+
+    /// <param name="scoreBudgetBytes">Bytes of scores per chunk (tests shrink it to exercise chunking).</param>
+    public AttentionSummary(long scoreBudgetBytes = DefaultScoreBudgetBytes) => _scoreBudgetBytes = scoreBudgetBytes;
+
+    private const long Alignment = 8;
 
     /// <summary>Softmax mass each key receives, summed over queries: [H, S], float32.</summary>
     public Tensor? ColumnSums { get; private set; }
@@ -25,7 +35,7 @@ internal sealed class AttentionSummary : IDisposable
     /// <summary>
     /// Fills the summary from post-RoPE queries [1, H, T, D] and keys [1, H, S, D] (causal, the last T keys being the
     /// queries' own). Queries go in chunks; each chunk only scores the keys it can see. Scores are computed in the
-    /// model's dtype (tensor cores on GPUs) and normalised in float32.
+    /// model's dtype (tensor cores on GPUs), normalised in float32 and summed in float32.
     /// </summary>
     public void Compute(Tensor q, Tensor k)
     {
@@ -35,35 +45,44 @@ internal sealed class AttentionSummary : IDisposable
         {
             long heads = q.shape[1], t = q.shape[2], s = k.shape[2], d = q.shape[3];
             var past = s - t;
-            var chunk = Math.Max(1, Math.Min(t, ScoreBudget / Math.Max(1, heads * s)));
-            var keys = k[0].transpose(1, 2) / Math.Sqrt(d);
-            var columns = torch.zeros([heads, s], ScalarType.Float32, q.device);
-            Tensor? last = null;
+            // Half-precision GEMMs use tensor cores only when row strides are multiples of 8 elements, so the key axis is
+            // zero-padded to one; padded keys lie beyond every query and are masked like future keys.
+            var width = RoundUp(s, Alignment);
+            var chunk = Math.Max(1, Math.Min(t, _scoreBudgetBytes / k.ElementSize / Math.Max(1, heads * width)));
+            var keys = torch.zeros([heads, width, d], k.dtype, q.device);
+            keys.narrow(1, 0, s).copy_(k[0] / Math.Sqrt(d));
+            var keysT = keys.transpose(1, 2);
+            var columns = torch.zeros([heads, width], ScalarType.Float32, q.device);
+            // Causality only bites on the keys from a chunk's first query on: one small triangle, not a full mask.
+            var future = torch.ones([chunk, chunk + Alignment], ScalarType.Bool, q.device).triu(1);
             for (long start = 0; start < t; start += chunk)
             {
                 using var inner = NewDisposeScope();
                 var rows = Math.Min(chunk, t - start);
-                var visible = past + start + rows; // keys beyond the chunk's last query are masked anyway
-                var scores = torch.matmul(q[0].narrow(1, start, rows), keys.narrow(2, 0, visible)).to(ScalarType.Float32);
-                var queryIndex = torch.arange(past + start, visible, device: q.device).unsqueeze(1);
-                var keyIndex = torch.arange(visible, device: q.device).unsqueeze(0);
-                scores.masked_fill_((keyIndex > queryIndex).unsqueeze(0), float.NegativeInfinity);
+                var first = past + start; // the chunk's first query sees keys [0, first]
+                var seen = Math.Min(width, RoundUp(first + rows, Alignment)); // keys beyond the last query are masked anyway
+                var scores = torch.matmul(q[0].narrow(1, start, rows), keysT.narrow(2, 0, seen));
+                scores.narrow(2, first, seen - first).masked_fill_(future.narrow(0, 0, rows).narrow(1, 0, seen - first), float.NegativeInfinity);
+                // Normalised in float32 inside the kernel and stored in the scores' dtype: with bf16 scores that halves the
+                // traffic of the two passes that dominate scoring; the sums over queries accumulate in float32.
                 var probabilities = scores.softmax(-1);
-                columns.narrow(1, 0, visible).add_(probabilities.sum(1));
-                if (start + rows == t)
-                {
-                    last = probabilities[.., -1, ..].MoveToOuterDisposeScope();
-                }
+                columns.narrow(1, 0, seen).add_(probabilities.sum(1, type: ScalarType.Float32));
             }
+
+            // The last query sees every key; its row feeds the report's shares and entropies, so it is kept in float32.
+            var last = torch.matmul(q[0].narrow(1, t - 1, 1), keysT.narrow(2, 0, s)).softmax(-1, ScalarType.Float32).squeeze(1);
+            columns = columns.narrow(1, 0, s).contiguous();
 
             // The summary outlives the attention call that fills it; it owns these tensors and frees them in Dispose.
             ColumnSums = columns.DetachFromDisposeScope();
-            LastRow = last!.DetachFromDisposeScope();
+            LastRow = last.DetachFromDisposeScope();
         }
 
         Synchronize(q.device);
         ElapsedMs = watch.Elapsed.TotalMilliseconds;
     }
+
+    private static long RoundUp(long value, long multiple) => (value + multiple - 1) / multiple * multiple;
 
     private static void Synchronize(Device device)
     {

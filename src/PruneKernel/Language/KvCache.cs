@@ -35,11 +35,9 @@ internal sealed class LayerKvCache : IDisposable
             throw new InvalidOperationException($"KV cache overflow: {Length} cached + {t} new > capacity {_keys.shape[2]}.");
         }
 
-        using (torch.no_grad())
-        {
-            _keys.narrow(2, Length, t).copy_(keys);
-            _values.narrow(2, Length, t).copy_(values);
-        }
+        // The buffers never require grad, so the copies record no autograd history whatever the caller's grad mode.
+        _keys.narrow(2, Length, t).copy_(keys);
+        _values.narrow(2, Length, t).copy_(values);
 
         Length += t;
         return (_keys.narrow(2, 0, Length), _values.narrow(2, 0, Length));

@@ -28,11 +28,66 @@ internal sealed class Linear : nn.Module
         }
     }
 
+    /// <summary>
+    /// A layer whose parameters are views of larger buffers (rows of a fused projection), so the checkpoint still loads
+    /// by this layer's own names while the forward pass multiplies once by the whole buffer.
+    /// </summary>
+    public Linear(Tensor weightView, Tensor? biasView) : base(nameof(Linear))
+    {
+        weight = new Parameter(weightView, requires_grad: false);
+        register_parameter("weight", weight);
+        if (biasView is not null)
+        {
+            bias = new Parameter(biasView, requires_grad: false);
+            register_parameter("bias", bias);
+        }
+    }
+
     public Parameter weight { get; }
 
     public Parameter? bias { get; }
 
     public Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+}
+
+/// <summary>
+/// Row-stacked weights of several projections of the same input (q/k/v, gate/up): one matrix product instead of
+/// several, which matters in decoding where each product is a small, launch-bound GEMV. The parts are exposed as
+/// <see cref="Linear"/> layers viewing slices of the buffer, so checkpoint names and loading are unchanged.
+/// </summary>
+internal sealed class FusedProjection : IDisposable
+{
+    private readonly Tensor _weight;
+    private readonly Tensor? _bias;
+
+    public FusedProjection(long inFeatures, long[] outFeatures, bool hasBias, ScalarType dtype, Device device)
+    {
+        var total = outFeatures.Sum();
+        _weight = torch.empty([total, inFeatures], dtype: dtype, device: device).DetachFromDisposeScope();
+        _bias = hasBias ? torch.empty([total], dtype: dtype, device: device).DetachFromDisposeScope() : null;
+        var parts = new Linear[outFeatures.Length];
+        long offset = 0;
+        for (var i = 0; i < outFeatures.Length; i++)
+        {
+            parts[i] = new Linear(_weight.narrow(0, offset, outFeatures[i]), _bias?.narrow(0, offset, outFeatures[i]));
+            offset += outFeatures[i];
+        }
+
+        Parts = parts;
+    }
+
+    /// <summary>The projections, in stacking order.</summary>
+    public IReadOnlyList<Linear> Parts { get; }
+
+    /// <summary>All projections at once: [..., sum of output features].</summary>
+    public Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);
+
+    /// <summary>Releases this handle on the buffer; its memory goes once the parts' parameters are disposed too.</summary>
+    public void Dispose()
+    {
+        _weight.Dispose();
+        _bias?.Dispose();
+    }
 }
 
 /// <summary>LayerNorm with "weight" and "bias", as CLIP uses.</summary>

@@ -17,21 +17,27 @@ internal sealed class RotaryEmbedding
         _invFreq = (1.0 / torch.pow(config.RopeTheta, exponents) / config.RopeLinearFactor).to(device).DetachFromDisposeScope();
     }
 
-    /// <summary>cos and sin tables [B, T, Dh] for explicit position ids [B, T] (pruned sequences keep original positions).</summary>
-    public (Tensor Cos, Tensor Sin) Tables(Tensor positionIds, ScalarType dtype)
+    /// <summary>
+    /// cos and signed sin tables [B, T, 1, Dh] (broadcast over heads) for explicit position ids [B, T] (pruned sequences
+    /// keep original positions).
+    /// The sin table's first half is negated so that rotating halves needs no negation per layer (see <see cref="Apply"/>).
+    /// </summary>
+    public (Tensor Cos, Tensor SignedSin) Tables(Tensor positionIds, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         var freqs = positionIds.to(ScalarType.Float32).unsqueeze(-1) * _invFreq;
-        var emb = torch.cat([freqs, freqs], -1);
-        return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
+        var sin = freqs.sin();
+        var cos = freqs.cos();
+        return (torch.cat([cos, cos], -1).to(dtype).unsqueeze(2).MoveToOuterDisposeScope(),
+            torch.cat([-sin, sin], -1).to(dtype).unsqueeze(2).MoveToOuterDisposeScope());
     }
 
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
-    {
-        var half = x.shape[^1] / 2;
-        var rotated = torch.cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        return (x * cos) + (rotated * sin);
-    }
+    /// <summary>
+    /// x·cos + rotate_half(x)·sin for x [B, T, heads, Dh] and tables [B, T, 1, Dh]. rotate_half(x)·sin equals
+    /// [x2, x1]·[-sin, sin] exactly (negation is exact), and swapping halves is a roll: four kernels, not seven.
+    /// </summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor signedSin) =>
+        (x * cos) + (x.roll(x.shape[^1] / 2, -1) * signedSin);
 }
 
 /// <summary>Grouped-query self-attention with a per-layer KV cache (LlamaAttention's parameter names).</summary>
@@ -42,12 +48,13 @@ internal sealed class LlamaAttention : nn.Module
     private readonly int _headDim;
     private readonly int? _slidingWindow;
 
+    private readonly FusedProjection _qkv;
+
     public LlamaAttention(TextConfig c, ScalarType dtype, Device device) : base(nameof(LlamaAttention))
     {
         (_heads, _kvHeads, _headDim, _slidingWindow) = (c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.SlidingWindow);
-        q_proj = new Linear(c.HiddenSize, _heads * _headDim, c.AttentionBias, dtype, device);
-        k_proj = new Linear(c.HiddenSize, _kvHeads * _headDim, c.AttentionBias, dtype, device);
-        v_proj = new Linear(c.HiddenSize, _kvHeads * _headDim, c.AttentionBias, dtype, device);
+        _qkv = new FusedProjection(c.HiddenSize, [_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], c.AttentionBias, dtype, device);
+        (q_proj, k_proj, v_proj) = (_qkv.Parts[0], _qkv.Parts[1], _qkv.Parts[2]);
         o_proj = new Linear(_heads * _headDim, c.HiddenSize, c.AttentionBias, dtype, device);
         register_module("q_proj", q_proj);
         register_module("k_proj", k_proj);
@@ -63,21 +70,30 @@ internal sealed class LlamaAttention : nn.Module
 
     public Linear o_proj { get; }
 
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _qkv.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
     /// <summary>
     /// x [B, T, D] at positions [B, T]; the cache (if any) receives this step's keys and values. With a
     /// <paramref name="summary"/>, the attention probabilities are also summarised for token selection.
     /// </summary>
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache, AttentionSummary? summary = null)
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, bool slidingWindowActive, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
-        var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var c = cos.unsqueeze(1);
-        var s = sin.unsqueeze(1);
-        q = RotaryEmbedding.Apply(q, c, s);
-        k = RotaryEmbedding.Apply(k, c, s);
+        // One product for q, k and v; rotary embedding on the q and k heads together, before splitting them.
+        var qkv = _qkv.forward(x).view(b, t, _heads + (2 * _kvHeads), _headDim);
+        var qk = RotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin);
+        var q = qk.narrow(2, 0, _heads).transpose(1, 2);
+        var k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);
+        var v = qkv.narrow(2, _heads + _kvHeads, _kvHeads).transpose(1, 2);
         var past = cache?.Length ?? 0;
         if (cache is not null)
         {
@@ -92,7 +108,7 @@ internal sealed class LlamaAttention : nn.Module
 
         summary?.Compute(q, k);
 
-        var mask = AttentionMask(t, k.shape[2], past, positionIds, x.device);
+        var mask = AttentionMask(t, k.shape[2], past, slidingWindowActive, x.device);
         var o = mask is null
             ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1)
             : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
@@ -104,9 +120,8 @@ internal sealed class LlamaAttention : nn.Module
     /// Null when plain causal attention applies (a prefill with nothing cached, or one query seeing everything).
     /// Otherwise a boolean [T, S] mask: causal over cache order, and Mistral's window over position distance.
     /// </summary>
-    private Tensor? AttentionMask(long queries, long keys, long past, Tensor positionIds, Device device)
+    private Tensor? AttentionMask(long queries, long keys, long past, bool windowMatters, Device device)
     {
-        var windowMatters = _slidingWindow is int w && positionIds.max().item<long>() >= w;
         if (!windowMatters && (past == 0 || queries == 1))
         {
             return null;
@@ -131,11 +146,15 @@ internal sealed class LlamaMlp : nn.Module
 {
     private readonly Func<Tensor, Tensor> _act;
 
+    private readonly FusedProjection _gateUp;
+    private readonly long _intermediate;
+
     public LlamaMlp(TextConfig c, ScalarType dtype, Device device) : base(nameof(LlamaMlp))
     {
         _act = Activations.Resolve(c.HiddenAct, "hidden_act");
-        gate_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
-        up_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype, device);
+        _intermediate = c.IntermediateSize;
+        _gateUp = new FusedProjection(c.HiddenSize, [c.IntermediateSize, c.IntermediateSize], c.MlpBias, dtype, device);
+        (gate_proj, up_proj) = (_gateUp.Parts[0], _gateUp.Parts[1]);
         down_proj = new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias, dtype, device);
         register_module("gate_proj", gate_proj);
         register_module("up_proj", up_proj);
@@ -148,10 +167,23 @@ internal sealed class LlamaMlp : nn.Module
 
     public Linear down_proj { get; }
 
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _gateUp.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
     public Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return down_proj.forward(_act(gate_proj.forward(x)) * up_proj.forward(x)).MoveToOuterDisposeScope();
+        var gateUp = _gateUp.forward(x);
+        var gate = gateUp.narrow(-1, 0, _intermediate);
+        var up = gateUp.narrow(-1, _intermediate, _intermediate);
+        return down_proj.forward(_act(gate) * up).MoveToOuterDisposeScope();
     }
 }
 
@@ -178,10 +210,10 @@ internal sealed class LlamaDecoderLayer : nn.Module
 
     public LlamaMlp mlp { get; }
 
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor positionIds, LayerKvCache? cache, AttentionSummary? summary = null)
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, bool slidingWindowActive, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, positionIds, cache, summary);
+        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, slidingWindowActive, cache, summary);
         return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
     }
 }
@@ -222,10 +254,13 @@ internal sealed class LlamaModel : nn.Module
     {
         using var scope = NewDisposeScope();
         var (cos, sin) = _rope.Tables(positionIds, hidden.dtype);
+        // Mistral's window only matters once positions reach it; one host read per pass, not one per layer. The last
+        // token is never pruned, so the maximum position holds for every layer.
+        var windowActive = Config.SlidingWindow is int window && positionIds.max().item<long>() >= window;
         for (var i = 0; i < layers.Count; i++)
         {
             using var summary = selector?.WantsAttention(i) == true ? new AttentionSummary() : null;
-            hidden = layers[i].forward(hidden, cos, sin, positionIds, cache?.Layers[i], summary);
+            hidden = layers[i].forward(hidden, cos, sin, windowActive, cache?.Layers[i], summary);
             if (layerOutputs is not null)
             {
                 layerOutputs.Add(hidden.MoveToOuterDisposeScope());

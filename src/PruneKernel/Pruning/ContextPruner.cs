@@ -156,15 +156,13 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         var before = lastRow.to(ScalarType.Float64);
         var after = before * kept;
         after = after / after.sum(-1, keepdim: true);
-        (double Mean, double Max) Share(Tensor p)
-        {
-            var share = (p * visual).sum(-1);
-            return (share.mean().item<double>(), share.max().item<double>());
-        }
-
-        double Entropy(Tensor p) => (-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)).mean().item<double>();
-        var (meanBefore, maxBefore) = Share(before);
-        var (meanAfter, maxAfter) = Share(after);
+        var shareBefore = (before * visual).sum(-1);
+        var shareAfter = (after * visual).sum(-1);
+        static Tensor Entropy(Tensor p) => (-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)).mean();
+        // Six statistics, one device-to-host copy (each read would otherwise wait for the device on its own).
+        var stats = torch.stack([shareBefore.mean(), shareBefore.max(), shareAfter.mean(), shareAfter.max(), Entropy(before), Entropy(after)])
+            .cpu().data<double>().ToArray();
+        var (meanBefore, maxBefore, meanAfter, maxAfter) = (stats[0], stats[1], stats[2], stats[3]);
         return new PruningLayerReport
         {
             Layer = layer,
@@ -175,8 +173,8 @@ internal sealed class ContextPruner : IDecoderTokenSelector
             VisualShareMaxBefore = maxBefore,
             VisualShareAfter = meanAfter,
             VisualShareMaxAfter = maxAfter,
-            EntropyBefore = Entropy(before),
-            EntropyAfter = Entropy(after),
+            EntropyBefore = stats[4],
+            EntropyAfter = stats[5],
         };
     }
 

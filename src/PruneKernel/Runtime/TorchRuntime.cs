@@ -104,10 +104,62 @@ public static class TorchRuntime
                 throw new PruneKernelException($"Device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s) visible).");
             }
 
+            ConfigureCudaAttention();
             return torch.device(DeviceType.CUDA, index);
         }
 
         throw new PruneKernelException($"Unknown device '{name}' (use cpu, cuda or cuda:N).");
+    }
+
+    /// <summary>
+    /// The environment variable that, set to 1, leaves cuDNN's fused attention eligible for scaled-dot-product attention.
+    /// </summary>
+    public const string CudnnAttentionEnvironmentVariable = "PRUNEKERNEL_CUDNN_ATTENTION";
+
+    private static bool? _cudnnAttentionDisabled;
+
+    /// <summary>
+    /// Whether cuDNN's fused attention was taken out of scaled-dot-product attention's choices (null until a CUDA device
+    /// has been resolved; false when it was left on, or the loaded libtorch did not expose the switch).
+    /// </summary>
+    public static bool? CudnnAttentionDisabled => _cudnnAttentionDisabled;
+
+    /// <summary>
+    /// Recent PyTorch builds prefer cuDNN's fused attention on Hopper GPUs, and cuDNN builds an execution plan for every
+    /// new sequence length: hundreds of milliseconds each, paid on every decoding step (the cache grows by one) and, with
+    /// context pruning, for every pruned length of every request. Flash attention needs no plan, so cuDNN is switched
+    /// off unless <see cref="CudnnAttentionEnvironmentVariable"/> is 1. TorchSharp has no binding for the switch, so it
+    /// is called in libtorch directly (at::globalContext().setSDPUseCuDNN(false)).
+    /// </summary>
+    private static unsafe void ConfigureCudaAttention()
+    {
+        lock (Gate)
+        {
+            if (_cudnnAttentionDisabled is not null)
+            {
+                return;
+            }
+
+            _cudnnAttentionDisabled = false;
+            if (Environment.GetEnvironmentVariable(CudnnAttentionEnvironmentVariable) == "1" || !TryLoadTorchCpu(out var library)
+                || !NativeLibrary.TryGetExport(library, "_ZN2at13globalContextEv", out var globalContext)
+                || !NativeLibrary.TryGetExport(library, "_ZN2at7Context14setSDPUseCuDNNEb", out var setUseCudnn))
+            {
+                return;
+            }
+
+            var context = ((delegate* unmanaged<IntPtr>)globalContext)();
+            ((delegate* unmanaged<IntPtr, byte, void>)setUseCudnn)(context, 0);
+            _cudnnAttentionDisabled = !NativeLibrary.TryGetExport(library, "_ZNK2at7Context19userEnabledCuDNNSDPEv", out var enabled)
+                || ((delegate* unmanaged<IntPtr, byte>)enabled)(context) == 0;
+        }
+    }
+
+    private static bool TryLoadTorchCpu(out IntPtr library)
+    {
+        library = IntPtr.Zero;
+        return (_preloadedFrom is not null && NativeLibrary.TryLoad(Path.Combine(_preloadedFrom, "libtorch_cpu.so"), out library))
+            || NativeLibrary.TryLoad("libtorch_cpu.so", typeof(torch).Assembly, null, out library);
     }
 
     /// <summary>Parses "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16".</summary>

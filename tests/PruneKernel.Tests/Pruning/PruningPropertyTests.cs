@@ -136,17 +136,23 @@ public sealed class PruningPropertyTests
         Assert.Equal(0.2, new LengthDependentRate(0.1, 0.1, 0).RateFor(1000), 12);
     }
 
-    [Fact]
-    public void AttentionSummaryMatchesTheFullSoftmaxAtAnyChunking()
+    [Theory]
+    [InlineData(50, 0, 1)] // one query per chunk
+    [InlineData(50, 0, 7)] // chunks that straddle the 8-key padding
+    [InlineData(50, 0, 1000)] // a single chunk
+    [InlineData(13, 37, 3)] // a decode-like pass: 37 cached keys, 13 new queries
+    public void AttentionSummaryMatchesTheFullSoftmaxAtAnyChunking(int queries, int past, int rowsPerChunk)
     {
         using var scope = NewDisposeScope();
         var generator = new Generator(3);
-        var q = torch.randn([1, 3, 50, 8], generator: generator);
-        var k = torch.randn([1, 3, 50, 8], generator: generator);
-        using var summary = new AttentionSummary();
+        var keysTotal = past + queries;
+        var q = torch.randn([1, 3, queries, 8], generator: generator);
+        var k = torch.randn([1, 3, keysTotal, 8], generator: generator);
+        var paddedKeys = (keysTotal + 7) / 8 * 8;
+        using var summary = new AttentionSummary(scoreBudgetBytes: rowsPerChunk * 3L * paddedKeys * sizeof(float));
         summary.Compute(q, k);
         var scores = torch.matmul(q[0], k[0].transpose(1, 2)) / Math.Sqrt(8);
-        var causal = torch.ones(50, 50, dtype: ScalarType.Bool).triu(1);
+        var causal = torch.ones(queries, keysTotal, dtype: ScalarType.Bool).triu(past + 1);
         var p = scores.masked_fill(causal, float.NegativeInfinity).softmax(-1);
         Assert.True(torch.allclose(p.sum(1), summary.ColumnSums!, 1e-5, 1e-6));
         Assert.True(torch.allclose(p[.., -1, ..], summary.LastRow!, 1e-5, 1e-6));

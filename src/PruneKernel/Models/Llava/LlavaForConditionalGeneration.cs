@@ -80,6 +80,9 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         return multi_modal_projector.forward(features).MoveToOuterDisposeScope();
     }
 
+    /// <summary>Token embeddings [B, T, D] for text-only ids [B, T] (decoding steps): no image-slot check, so no host sync.</summary>
+    public Tensor EmbedTokens(Tensor inputIds) => language_model.embed_tokens.forward(inputIds.to(Device));
+
     /// <summary>
     /// Token embeddings [1, T, D] for ids [1, T], with the image-token positions replaced, in order, by the rows of
     /// <paramref name="imageEmbeddings"/> ([N, tokens per image, D]).
