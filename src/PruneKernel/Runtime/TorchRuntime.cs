@@ -131,7 +131,7 @@ public static class TorchRuntime
     /// off unless <see cref="CudnnAttentionEnvironmentVariable"/> is 1. TorchSharp has no binding for the switch, so it
     /// is called in libtorch directly (at::globalContext().setSDPUseCuDNN(false)).
     /// </summary>
-    private static unsafe void ConfigureCudaAttention()
+    private static void ConfigureCudaAttention()
     {
         lock (Gate)
         {
@@ -140,19 +140,31 @@ public static class TorchRuntime
                 return;
             }
 
-            _cudnnAttentionDisabled = false;
-            if (Environment.GetEnvironmentVariable(CudnnAttentionEnvironmentVariable) == "1" || !TryLoadTorchCpu(out var library)
-                || !NativeLibrary.TryGetExport(library, "_ZN2at13globalContextEv", out var globalContext)
-                || !NativeLibrary.TryGetExport(library, "_ZN2at7Context14setSDPUseCuDNNEb", out var setUseCudnn))
-            {
-                return;
-            }
-
-            var context = ((delegate* unmanaged<IntPtr>)globalContext)();
-            ((delegate* unmanaged<IntPtr, byte, void>)setUseCudnn)(context, 0);
-            _cudnnAttentionDisabled = !NativeLibrary.TryGetExport(library, "_ZNK2at7Context19userEnabledCuDNNSDPEv", out var enabled)
-                || ((delegate* unmanaged<IntPtr, byte>)enabled)(context) == 0;
+            _cudnnAttentionDisabled = Environment.GetEnvironmentVariable(CudnnAttentionEnvironmentVariable) != "1"
+                && TrySetCudnnAttention(false) == false;
         }
+    }
+
+    /// <summary>
+    /// Sets libtorch's global "cuDNN may run scaled-dot-product attention" flag and returns the flag as read back, or
+    /// null when the loaded libtorch does not export the switch. The flag lives in libtorch's CPU library, so this
+    /// works (and is tested) without a GPU.
+    /// </summary>
+    internal static unsafe bool? TrySetCudnnAttention(bool enabled)
+    {
+        if (!TryLoadTorchCpu(out var library)
+            || !NativeLibrary.TryGetExport(library, "_ZN2at13globalContextEv", out var globalContext)
+            || !NativeLibrary.TryGetExport(library, "_ZN2at7Context14setSDPUseCuDNNEb", out var setUseCudnn)
+            || !NativeLibrary.TryGetExport(library, "_ZNK2at7Context19userEnabledCuDNNSDPEv", out var userEnabled))
+        {
+            return null;
+        }
+
+        // at::Context& at::globalContext(); void at::Context::setSDPUseCuDNN(bool); bool at::Context::userEnabledCuDNNSDP() const
+        // (Itanium C++ ABI: the object is the first argument).
+        var context = ((delegate* unmanaged<IntPtr>)globalContext)();
+        ((delegate* unmanaged<IntPtr, byte, void>)setUseCudnn)(context, enabled ? (byte)1 : (byte)0);
+        return ((delegate* unmanaged<IntPtr, byte>)userEnabled)(context) != 0;
     }
 
     private static bool TryLoadTorchCpu(out IntPtr library)

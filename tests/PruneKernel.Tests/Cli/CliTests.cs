@@ -122,6 +122,21 @@ public sealed class CliTests
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, lines.Length);
         Assert.Contains("\"pruning\":\"progressive-0.3x2\"", lines[1], StringComparison.Ordinal);
+        foreach (var line in lines)
+        {
+            using var record = JsonDocument.Parse(line);
+            var root = record.RootElement;
+            Assert.Equal("prunekernel", root.GetProperty("impl").GetString());
+            Assert.Equal(40, root.GetProperty("text_tokens").GetInt32());
+            Assert.True(root.GetProperty("prefill_ms").GetDouble() > 0);
+            Assert.True(root.GetProperty("ttft_ms").GetDouble() >= root.GetProperty("prefill_ms").GetDouble());
+            // The decode trace: per-step wall time and the host's share of it (equal when the host is the bottleneck).
+            var perToken = root.GetProperty("decode_ms_per_token").GetDouble();
+            var enqueue = root.GetProperty("decode_host_enqueue_ms_median").GetDouble();
+            Assert.True(perToken > 0 && enqueue > 0 && enqueue <= root.GetProperty("decode_step_ms_max").GetDouble());
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("peak_mem_mb").ValueKind); // a CPU run has no GPU peak
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("sdpa_cudnn").ValueKind);
+        }
     }
 
     [Fact]
