@@ -32,5 +32,6 @@ internal static class Fixtures
         "llava-tiny-gqa-rope-hub-sharded",
         "llava-tiny-mistral-bf16",
         "llava-tiny-f16-hub",
+        "vip-llava-tiny",
     ];
 }

@@ -8,7 +8,7 @@ namespace PruneKernel.Models.Llava;
 /// <summary>Configuration of a LLaVA-family checkpoint (config.json), with defaults filled the way transformers fills them.</summary>
 public sealed record LlavaConfig
 {
-    /// <summary>model_type of the checkpoint ("llava").</summary>
+    /// <summary>model_type of the checkpoint: "llava" (LLaVA-1.5) or "vipllava" (ViP-LLaVA).</summary>
     public required string ModelType { get; init; }
 
     /// <summary>Vocabulary id of the image placeholder token.</summary>
@@ -19,6 +19,12 @@ public sealed record LlavaConfig
 
     /// <summary>Whether the projector's linear layers have biases.</summary>
     public required bool ProjectorBias { get; init; }
+
+    /// <summary>
+    /// Epsilon of the LayerNorm that ViP-LLaVA applies to the concatenated multi-layer features before the projector's
+    /// first linear layer (<c>projector_layernorm</c>); null for LLaVA-1.5, which has none.
+    /// </summary>
+    public double? ProjectorLayerNormEps { get; init; }
 
     /// <summary>"default" drops the CLS feature, "full" keeps it.</summary>
     public required string VisionFeatureSelectStrategy { get; init; }
@@ -72,12 +78,14 @@ public sealed record LlavaConfig
     {
         var r = new ConfigReader(root, source);
         var modelType = r.String("model_type", "llava");
-        if (modelType != "llava")
+        if (modelType is not ("llava" or "vipllava"))
         {
-            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava).");
+            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava).");
         }
 
-        var strategy = r.String("vision_feature_select_strategy", "default");
+        var vip = modelType == "vipllava";
+        // ViP-LLaVA always drops the CLS feature of every selected layer; it has no strategy setting.
+        var strategy = vip ? "default" : r.String("vision_feature_select_strategy", "default");
         if (strategy is not ("default" or "full"))
         {
             throw new ModelConfigException($"{source}: vision_feature_select_strategy '{strategy}' must be 'default' or 'full'.");
@@ -85,14 +93,21 @@ public sealed record LlavaConfig
 
         var text = TextConfig.Parse(r.Object("text_config"), source + " text_config");
         var vision = VisionConfig.Parse(r.Object("vision_config"), source + " vision_config");
-        IReadOnlyList<int> layers = root["vision_feature_layer"] is JsonArray arr
-            ? arr.Select((n, i) => ConfigReader.AsInt(n, $"vision_feature_layer[{i}]", source)).ToArray()
-            : [r.Int("vision_feature_layer", -2)];
+        // LLaVA names one layer (or a list) in vision_feature_layer; ViP-LLaVA lists several in vision_feature_layers.
+        var layersKey = vip ? "vision_feature_layers" : "vision_feature_layer";
+        int[] layers = root[layersKey] is JsonArray arr
+            ? arr.Select((n, i) => ConfigReader.AsInt(n, $"{layersKey}[{i}]", source)).ToArray()
+            : root[layersKey] is null && vip ? [-2, -5, -8, -11, 6] : [r.Int(layersKey, -2)];
+        if (layers.Length == 0)
+        {
+            throw new ModelConfigException($"{source}: {layersKey} is empty.");
+        }
+
         foreach (var layer in layers)
         {
             if (layer < -(vision.NumHiddenLayers + 1) || layer > vision.NumHiddenLayers)
             {
-                throw new ModelConfigException($"{source}: vision_feature_layer {layer} is outside the vision tower's {vision.NumHiddenLayers} layers.");
+                throw new ModelConfigException($"{source}: {layersKey} {layer} is outside the vision tower's {vision.NumHiddenLayers} layers.");
             }
         }
 
@@ -103,7 +118,8 @@ public sealed record LlavaConfig
             ModelType = modelType,
             ImageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? 32000,
             ProjectorHiddenAct = act,
-            ProjectorBias = r.Bool("multimodal_projector_bias", true),
+            ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
+            ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,
             VisionFeatureSelectStrategy = strategy,
             VisionFeatureLayers = layers,
             Text = text,

@@ -6,7 +6,10 @@ using static TorchSharp.torch;
 
 namespace PruneKernel.Models.Llava;
 
-/// <summary>The two-layer MLP that maps vision features into the language model's embedding space.</summary>
+/// <summary>
+/// The two-layer MLP that maps vision features into the language model's embedding space; ViP-LLaVA normalises the
+/// concatenated multi-layer features first (<c>projector_layernorm</c>).
+/// </summary>
 internal sealed class LlavaMultiModalProjector : nn.Module
 {
     private readonly Func<Tensor, Tensor> _act;
@@ -15,11 +18,19 @@ internal sealed class LlavaMultiModalProjector : nn.Module
     {
         _act = Activations.Resolve(c.ProjectorHiddenAct, "projector_hidden_act");
         var inFeatures = c.Vision.HiddenSize * c.VisionFeatureLayers.Count;
+        if (c.ProjectorLayerNormEps is double eps)
+        {
+            projector_layernorm = new LayerNorm(inFeatures, eps, dtype, device);
+            register_module("projector_layernorm", projector_layernorm);
+        }
+
         linear_1 = new Linear(inFeatures, c.Text.HiddenSize, c.ProjectorBias, dtype, device);
         linear_2 = new Linear(c.Text.HiddenSize, c.Text.HiddenSize, c.ProjectorBias, dtype, device);
         register_module("linear_1", linear_1);
         register_module("linear_2", linear_2);
     }
+
+    public LayerNorm? projector_layernorm { get; }
 
     public Linear linear_1 { get; }
 
@@ -28,7 +39,8 @@ internal sealed class LlavaMultiModalProjector : nn.Module
     public Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return linear_2.forward(_act(linear_1.forward(x))).MoveToOuterDisposeScope();
+        var h = projector_layernorm?.forward(x) ?? x;
+        return linear_2.forward(_act(linear_1.forward(h))).MoveToOuterDisposeScope();
     }
 }
 
