@@ -87,7 +87,10 @@ def save_model(model, tok, processor, folder, template_kind, tokenizer_model):
         added["<video>"] = VIDEO_TOKEN_ID
     json.dump(added, open(os.path.join(folder, "added_tokens.json"), "w"))
     shutil.copy(tokenizer_model, os.path.join(folder, "tokenizer.model"))
+    # the tokenizer and the processor each save a chat_template.jinja; the family's template must be the one that stays
     json.dump({"chat_template": TEMPLATES[template_kind]}, open(os.path.join(folder, "chat_template.json"), "w"))
+    with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
+        f.write(TEMPLATES[template_kind])
 
 
 def goldens(cls, folder, inputs, tok, extra_meta, hidden):
@@ -166,7 +169,7 @@ def vip_llava(tok, out, image, tokenizer_model):
     write_golden(folder, gold, meta)
 
 
-def next_processor(tok, strategy, video=False):
+def next_processor(tok, strategy, video=False, template="vicuna"):
     from transformers import LlavaNextImageProcessor
     ip = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS,
                                  resample=3, do_center_crop=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -174,7 +177,7 @@ def next_processor(tok, strategy, video=False):
     if not video:
         from transformers import LlavaNextProcessor
         kwargs = dict(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy=strategy,
-                      chat_template=TEMPLATES["vicuna"])
+                      chat_template=TEMPLATES[template])
         try:
             return ip, LlavaNextProcessor(num_additional_image_tokens=1, **kwargs)
         except TypeError:
@@ -203,7 +206,7 @@ def next_model(name, kind, video, tok, out, image, tokenizer_model, heads, kv, l
                  image_seq_length=16, pad_token_id=PAD_TOKEN_ID, tie_word_embeddings=False, **extra)
     model = Model(cfg).eval()
     widen(model)
-    ip, proc = next_processor(tok, "default", video)
+    ip, proc = next_processor(tok, "default", video, "mistral" if kind == "mistral" else "vicuna")
     folder = os.path.join(out, "models", name)
     save_model(model, tok, proc, folder, "mistral" if kind == "mistral" else "vicuna", tokenizer_model)
     template = "mistral" if kind == "mistral" else "vicuna"

@@ -27,6 +27,7 @@ internal static class ImageFeatureKeys
     public static string For(string modelIdentity, PixelValues pixels)
     {
         var hash = SHA256.HashData(MemoryMarshal.AsBytes(pixels.Data.AsSpan()));
-        return $"{modelIdentity}|{pixels.Channels}x{pixels.Height}x{pixels.Width}|{Convert.ToHexString(hash)}";
+        // Tiles and original size are part of the key: LLaVA-NeXT's packing depends on them, not only on the pixels.
+        return $"{modelIdentity}|{pixels.Tiles}x{pixels.Channels}x{pixels.Height}x{pixels.Width}|{pixels.OriginalSize}|{Convert.ToHexString(hash)}";
     }
 }

@@ -43,7 +43,10 @@ public sealed class Lvlm : IDisposable
         ChatTemplate = template;
         ImageProcessor = imageProcessor;
         GenerationDefaults = defaults;
+        _anyRes = config.ImageGridPinpoints is { } pinpoints ? new AnyResImageProcessor(imageProcessor, pinpoints) : null;
     }
+
+    private readonly AnyResImageProcessor? _anyRes;
 
     /// <summary>The folder the model was loaded from.</summary>
     public string ModelFolder { get; }
@@ -96,8 +99,7 @@ public sealed class Lvlm : IDisposable
             : TorchRuntime.ResolveDType(config.TorchDtype);
         var tokenizer = LlamaTextTokenizer.Load(modelFolder);
         var template = ChatTemplates.ForModel(modelFolder);
-        var processorPath = Path.Combine(modelFolder, "preprocessor_config.json");
-        var processor = new ClipImageProcessor(ImageProcessorConfig.Load(processorPath));
+        var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder));
         var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
 
         using var weights = CheckpointWeights.Open(modelFolder);
@@ -134,13 +136,15 @@ public sealed class Lvlm : IDisposable
                 $"The prompt has {placeholders} image placeholder(s) ({ChatTemplate.ImageToken}) but {images.Count} image(s) were given.");
         }
 
-        var perImage = Config.ImageTokensPerImage;
-        var expanded = new List<int>(ids.Count + (placeholders * (perImage - 1)));
+        // Each placeholder becomes as many image tokens as its image yields (fixed, except for LLaVA-NeXT's grids).
+        var tokensPerImage = images.Select(image => Config.ImageTokensFor(image.Height, image.Width)).ToArray();
+        var expanded = new List<int>(ids.Count + tokensPerImage.Sum());
+        var next = 0;
         foreach (var id in ids)
         {
             if (id == Config.ImageTokenId)
             {
-                expanded.AddRange(Enumerable.Repeat(id, perImage));
+                expanded.AddRange(Enumerable.Repeat(id, tokensPerImage[next++]));
             }
             else
             {
@@ -148,7 +152,7 @@ public sealed class Lvlm : IDisposable
             }
         }
 
-        var pixels = images.Select(ImageProcessor.Preprocess).ToArray();
+        var pixels = images.Select(image => _anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image)).ToArray();
         foreach (var p in pixels)
         {
             if (p.Height != Config.Vision.ImageSize || p.Width != Config.Vision.ImageSize)

@@ -32,18 +32,23 @@ public sealed class LvlmPrompt
     /// <summary>Image positions and protected spans, for context pruning.</summary>
     internal PromptLayout Layout { get; }
 
-    /// <summary>Stacks the images into one [N, C, H, W] float32 CPU tensor.</summary>
+    /// <summary>Stacks single-tile images into one [N, C, H, W] float32 CPU tensor.</summary>
     internal Tensor PixelTensor()
     {
+        if (Images.Any(p => p.Tiles != 1))
+        {
+            throw new InvalidOperationException("Tiled (anyres) images are encoded one at a time.");
+        }
+
         using var scope = NewDisposeScope();
         var each = Images.Select(p => torch.tensor(p.Data, [p.Channels, p.Height, p.Width], ScalarType.Float32)).ToArray();
         return torch.stack(each).MoveToOuterDisposeScope();
     }
 
-    /// <summary>One image as a [1, C, H, W] float32 CPU tensor.</summary>
+    /// <summary>One image as a [tiles, C, H, W] float32 CPU tensor (one tile for LLaVA-1.5).</summary>
     internal Tensor PixelTensor(int index)
     {
         var p = Images[index];
-        return torch.tensor(p.Data, [1, p.Channels, p.Height, p.Width], ScalarType.Float32);
+        return torch.tensor(p.Data, [p.Tiles, p.Channels, p.Height, p.Width], ScalarType.Float32);
     }
 }

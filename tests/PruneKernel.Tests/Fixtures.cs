@@ -34,4 +34,7 @@ internal static class Fixtures
         "llava-tiny-f16-hub",
         "vip-llava-tiny",
     ];
+
+    /// <summary>Every fixture model, including those whose goldens have their own layout (LLaVA-NeXT's tiles).</summary>
+    public static readonly string[] AllModelNames = [.. ModelNames, "llava-next-tiny-vicuna", "llava-next-tiny-mistral"];
 }

@@ -121,7 +121,7 @@ internal static class LlavaGenerator
         yield return new GenerationUpdate(output.Count > 0 ? output[^1] : -1, tail) { Result = result };
     }
 
-    /// <summary>Image embeddings [N, tokens, D] for the prompt's images, from the cache where possible.</summary>
+    /// <summary>Image embeddings [1, all image tokens, D] for the prompt's images, in order, from the cache where possible.</summary>
     internal static Tensor? EncodeImages(LlavaForConditionalGeneration model, LvlmPrompt prompt, IImageFeatureCache? cache, string modelIdentity)
     {
         if (prompt.Images.Count == 0)
@@ -129,25 +129,32 @@ internal static class LlavaGenerator
             return null;
         }
 
-        if (cache is null)
+        var tiled = prompt.Images.Any(p => p.OriginalSize is not null);
+        if (cache is null && !tiled)
         {
-            return model.EncodeImages(prompt.PixelTensor());
+            // Single-tile images go through the vision tower together.
+            var batch = model.EncodeImages(prompt.PixelTensor());
+            return batch.reshape(1, -1, batch.shape[^1]);
         }
 
         var each = new List<Tensor>();
         for (var i = 0; i < prompt.Images.Count; i++)
         {
             var key = ImageFeatureKeys.For(modelIdentity, prompt.Images[i]);
-            if (!cache.TryGet(key, out var features))
+            if (cache is null || !cache.TryGet(key, out var features))
             {
                 using var single = prompt.PixelTensor(i);
-                features = model.EncodeImages(single).DetachFromDisposeScope();
-                cache.Set(key, features, features.NumberOfElements * features.ElementSize);
+                features = model.EncodeImage(single, prompt.Images[i].OriginalSize);
+                if (cache is not null)
+                {
+                    features = features.DetachFromDisposeScope();
+                    cache.Set(key, features, features.NumberOfElements * features.ElementSize);
+                }
             }
 
             each.Add(features);
         }
 
-        return torch.cat(each, 0);
+        return torch.cat(each, 1);
     }
 }

@@ -108,12 +108,64 @@ public sealed class Llava15ChatTemplate : IChatTemplate
     }
 }
 
+/// <summary>
+/// The Mistral-instruct template of llava-v1.6-mistral style checkpoints: "[INST] " + the user message's parts in order
+/// (an image as "&lt;image&gt;\n") + " [/INST]", and " " + answer + "&lt;/s&gt;" for assistant turns. The format has no
+/// system role, so system text opens the first user message, separated by a blank line.
+/// </summary>
+public sealed class MistralInstructChatTemplate : IChatTemplate
+{
+    /// <summary>The shared instance.</summary>
+    public static MistralInstructChatTemplate Instance { get; } = new();
+
+    /// <inheritdoc />
+    public string ImageToken => "<image>";
+
+    /// <inheritdoc />
+    public string GenerationPrompt => "[/INST]";
+
+    /// <inheritdoc />
+    public string UserTurnMarker => "[INST]";
+
+    /// <inheritdoc />
+    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
+    {
+        var text = new System.Text.StringBuilder();
+        var system = string.Join("\n\n", messages.Where(m => m.Role == PromptRole.System).SelectMany(m => m.Parts.OfType<TextPart>()).Select(p => p.Text));
+        foreach (var message in messages.Where(m => m.Role != PromptRole.System))
+        {
+            if (message.Role == PromptRole.Assistant)
+            {
+                text.Append(' ').Append(string.Concat(message.Parts.OfType<TextPart>().Select(p => p.Text))).Append("</s>");
+                continue;
+            }
+
+            text.Append("[INST] ");
+            if (system.Length > 0)
+            {
+                text.Append(system).Append("\n\n");
+                system = string.Empty;
+            }
+
+            foreach (var part in message.Parts)
+            {
+                text.Append(part is TextPart t ? t.Text : ImageToken + "\n");
+            }
+
+            text.Append(" [/INST]");
+        }
+
+        return text.ToString();
+    }
+}
+
 /// <summary>Finds the chat template of a model folder.</summary>
 public static class ChatTemplates
 {
     /// <summary>
-    /// The LLaVA-1.5 template when the folder has no template or one in that style (chat_template.json / .jinja);
-    /// PruneKernel has no Jinja engine, so any other template is refused rather than rendered wrongly.
+    /// The LLaVA-1.5 template when the folder has no template or one in that style (chat_template.json / .jinja), the
+    /// Mistral-instruct one for [INST] templates; PruneKernel has no Jinja engine, so any other template is refused rather
+    /// than rendered wrongly.
     /// </summary>
     /// <exception cref="TokenizerException">The folder's template is of another family.</exception>
     public static IChatTemplate ForModel(string modelFolder)
@@ -134,6 +186,11 @@ public static class ChatTemplates
             return Llava15ChatTemplate.Instance;
         }
 
-        throw new TokenizerException($"{modelFolder}: unsupported chat template (only the LLaVA-1.5 USER:/ASSISTANT: style is implemented).");
+        if (source.Contains("[INST]", StringComparison.Ordinal) && source.Contains("[/INST]", StringComparison.Ordinal))
+        {
+            return MistralInstructChatTemplate.Instance;
+        }
+
+        throw new TokenizerException($"{modelFolder}: unsupported chat template (the LLaVA-1.5 USER:/ASSISTANT: and Mistral [INST] styles are implemented).");
     }
 }

@@ -4,12 +4,19 @@ using System.Text.Json.Nodes;
 
 namespace PruneKernel.Vision;
 
-/// <summary>Preprocessed pixels in CHW order, ready for the vision tower.</summary>
-/// <param name="Data">Channel-major float values.</param>
+/// <summary>Preprocessed pixels in (tiles,) CHW order, ready for the vision tower.</summary>
+/// <param name="Data">Channel-major float values, tile after tile.</param>
 /// <param name="Channels">Channel count (3).</param>
-/// <param name="Height">Rows.</param>
-/// <param name="Width">Columns.</param>
-public sealed record PixelValues(float[] Data, int Channels, int Height, int Width);
+/// <param name="Height">Rows of one tile.</param>
+/// <param name="Width">Columns of one tile.</param>
+public sealed record PixelValues(float[] Data, int Channels, int Height, int Width)
+{
+    /// <summary>Tiles in <see cref="Data"/>: 1 for LLaVA-1.5; for LLaVA-NeXT the whole image first, then the grid row by row.</summary>
+    public int Tiles { get; init; } = 1;
+
+    /// <summary>The image's size before preprocessing (LLaVA-NeXT needs it to unpad its features), or null.</summary>
+    public (int Height, int Width)? OriginalSize { get; init; }
+}
 
 /// <summary>A checkpoint's <c>preprocessor_config.json</c>, with CLIPImageProcessor's defaults.</summary>
 public sealed record ImageProcessorConfig
@@ -53,19 +60,43 @@ public sealed record ImageProcessorConfig
     /// <summary>LLaVA-1.5's "pad" aspect mode: paste onto a mean-coloured square first (drops transparency, as the original does).</summary>
     public bool PadToSquare { get; init; }
 
+    /// <summary>
+    /// The image processor configuration of a model folder: <c>preprocessor_config.json</c>, or else the
+    /// <c>image_processor</c> section of <c>processor_config.json</c> (where transformers 5 saves it for LLaVA-NeXT).
+    /// </summary>
+    /// <exception cref="ModelConfigException">Neither file holds one, or it is malformed.</exception>
+    public static ImageProcessorConfig LoadFromModelFolder(string modelFolder)
+    {
+        var preprocessor = Path.Combine(modelFolder, "preprocessor_config.json");
+        var processor = Path.Combine(modelFolder, "processor_config.json");
+        if (File.Exists(preprocessor) || !File.Exists(processor))
+        {
+            return Load(preprocessor);
+        }
+
+        return ReadObject(processor)["image_processor"] is JsonObject section
+            ? Parse(section, processor + " image_processor")
+            : throw new ModelConfigException($"{processor}: no image_processor section, and no preprocessor_config.json next to it.");
+    }
+
     /// <summary>Reads a preprocessor_config.json file.</summary>
     /// <exception cref="ModelConfigException">The file is missing, malformed, or has values of the wrong type.</exception>
-    public static ImageProcessorConfig Load(string path)
+    public static ImageProcessorConfig Load(string path) => Parse(ReadObject(path), path);
+
+    private static JsonObject ReadObject(string path)
     {
-        JsonObject json;
         try
         {
-            json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
+            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
         {
             throw new ModelConfigException($"{path}: cannot read the image processor configuration ({e.Message}).", e);
         }
+    }
+
+    private static ImageProcessorConfig Parse(JsonObject json, string path)
+    {
 
         var r = new ConfigReader(json, path);
         var defaults = new ImageProcessorConfig();
@@ -107,7 +138,9 @@ public sealed record ImageProcessorConfig
             DoNormalize = r.Bool("do_normalize", true),
             ImageMean = Triple(json["image_mean"], "image_mean", path) ?? defaults.ImageMean,
             ImageStd = Triple(json["image_std"], "image_std", path) ?? defaults.ImageStd,
-            PadToSquare = r.Bool("do_pad", false) || r.OptionalString("image_aspect_ratio") == "pad",
+            // LLaVA-NeXT's do_pad pads a batch's tile counts, not the image: only CLIP-style processors pad to square.
+            PadToSquare = (r.OptionalString("image_processor_type") != "LlavaNextImageProcessor" && r.Bool("do_pad", false))
+                || r.OptionalString("image_aspect_ratio") == "pad",
         };
         return config.Validate(path);
     }

@@ -12,7 +12,7 @@ namespace PruneKernel.Tests.Models;
 /// <summary>What every supported family must do beyond parity: prune without touching visual tokens, chat through its template.</summary>
 public sealed class FamilyTests
 {
-    public static TheoryData<string> Models => new(Fixtures.ModelNames);
+    public static TheoryData<string> Models => new(Fixtures.AllModelNames);
 
     [Theory]
     [MemberData(nameof(Models))]
@@ -20,14 +20,15 @@ public sealed class FamilyTests
     {
         using var lvlm = Lvlm.Load(Fixtures.Model(name), new LvlmLoadOptions { DType = "f32" }, TestContext.Current.CancellationToken);
         var context = string.Join(" ", Enumerable.Repeat("A long remark about the weather, the garden and the neighbours' old bicycle.", 6));
-        var prompt = lvlm.CreatePrompt([PromptMessage.User(context + " What is in the picture?", 1)], [ImageDecoder.Load(Fixtures.Path("images", "img03.png"))]);
+        var image = ImageDecoder.Load(Fixtures.Path("images", "img03.png"));
+        var prompt = lvlm.CreatePrompt([PromptMessage.User(context + " What is in the picture?", 1)], [image]);
         var layers = Math.Min(2, lvlm.Config.Text.NumHiddenLayers - 1);
         var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 4, Pruning = new ContextPruningOptions { Rate = 0.5, Layers = layers } },
             TestContext.Current.CancellationToken);
 
         var report = result.Pruning!;
         var visual = Enumerable.Range(0, prompt.InputIds.Count).Where(i => prompt.InputIds[i] == lvlm.Config.ImageTokenId).ToArray();
-        Assert.Equal(lvlm.Config.ImageTokensPerImage, visual.Length);
+        Assert.Equal(lvlm.Config.ImageTokensFor(image.Height, image.Width), visual.Length);
         Assert.Equal(layers, report.Layers.Count);
         Assert.True(report.TokensAtLastLayer < prompt.InputIds.Count, "pruning removed nothing");
         foreach (var layer in report.Layers)

@@ -10,11 +10,13 @@ internal sealed class Golden : IDisposable
 {
     private readonly SafetensorsFile _file;
 
-    public Golden(string modelName)
+    /// <param name="modelName">The fixture folder under tests/fixtures/models.</param>
+    /// <param name="goldenName">The golden's file stem: "golden", or e.g. "golden-img04" for a model with several.</param>
+    public Golden(string modelName, string goldenName = "golden")
     {
         Folder = Fixtures.Model(modelName);
-        _file = SafetensorsFile.Open(System.IO.Path.Combine(Folder, "golden.safetensors"));
-        Meta = (JsonObject)JsonNode.Parse(File.ReadAllText(System.IO.Path.Combine(Folder, "golden.json")))!;
+        _file = SafetensorsFile.Open(System.IO.Path.Combine(Folder, goldenName + ".safetensors"));
+        Meta = (JsonObject)JsonNode.Parse(File.ReadAllText(System.IO.Path.Combine(Folder, goldenName + ".json")))!;
     }
 
     public string Folder { get; }

@@ -31,13 +31,32 @@ public sealed class LoadingErrorTests
 
     [Theory]
     [InlineData("qwen2_vl")]
-    [InlineData("llava_next")]
+    [InlineData("llava_onevision")]
     public void UnsupportedModelTypeIsNamed(string modelType)
     {
         using var folder = new TempModelFolder("llava-tiny-f32");
         folder.EditConfig(c => c["model_type"] = modelType);
         var e = Assert.Throws<ModelConfigException>(() => Lvlm.Load(folder.Path));
         Assert.Contains(modelType, e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(null, "image_grid_pinpoints must be")]
+    [InlineData("[[32, 48]]", "not a positive multiple")]
+    [InlineData("[[32]]", "[height, width] pair")]
+    public void LlavaNextGridPinpointsAreChecked(string? pinpoints, string expected)
+    {
+        using var folder = new TempModelFolder("llava-next-tiny-vicuna");
+        folder.EditConfig(c =>
+        {
+            c.Remove("image_grid_pinpoints");
+            if (pinpoints is not null)
+            {
+                c["image_grid_pinpoints"] = System.Text.Json.Nodes.JsonNode.Parse(pinpoints);
+            }
+        });
+        var e = Assert.Throws<ModelConfigException>(() => Lvlm.Load(folder.Path));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

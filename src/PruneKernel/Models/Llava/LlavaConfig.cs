@@ -8,7 +8,7 @@ namespace PruneKernel.Models.Llava;
 /// <summary>Configuration of a LLaVA-family checkpoint (config.json), with defaults filled the way transformers fills them.</summary>
 public sealed record LlavaConfig
 {
-    /// <summary>model_type of the checkpoint: "llava" (LLaVA-1.5) or "vipllava" (ViP-LLaVA).</summary>
+    /// <summary>model_type of the checkpoint: "llava" (LLaVA-1.5), "vipllava" (ViP-LLaVA) or "llava_next" (LLaVA-NeXT).</summary>
     public required string ModelType { get; init; }
 
     /// <summary>Vocabulary id of the image placeholder token.</summary>
@@ -41,10 +41,16 @@ public sealed record LlavaConfig
     /// <summary>Whether lm_head shares the token embedding matrix.</summary>
     public required bool TieWordEmbeddings { get; init; }
 
+    /// <summary>
+    /// LLaVA-NeXT's candidate grid resolutions (height, width) in pixels, multiples of the vision tower's image size; null for
+    /// the single-tile families.
+    /// </summary>
+    public IReadOnlyList<(int Height, int Width)>? ImageGridPinpoints { get; init; }
+
     /// <summary>The dtype the checkpoint was saved in ("float32", "bfloat16", "float16"), if stated.</summary>
     public string? TorchDtype { get; init; }
 
-    /// <summary>Image tokens one image expands to in the prompt.</summary>
+    /// <summary>Image tokens one image expands to in the prompt (for LLaVA-NeXT: those of its whole-image tile).</summary>
     public int ImageTokensPerImage
     {
         get
@@ -52,6 +58,23 @@ public sealed record LlavaConfig
             var side = Vision.ImageSize / Vision.PatchSize;
             return (side * side) + (VisionFeatureSelectStrategy == "full" ? 1 : 0);
         }
+    }
+
+    /// <summary>
+    /// Image tokens for an image of this original size: <see cref="ImageTokensPerImage"/> for the single-tile families;
+    /// for LLaVA-NeXT also the grid's features left after unpadding, with one newline token per feature row.
+    /// </summary>
+    public int ImageTokensFor(int height, int width)
+    {
+        if (ImageGridPinpoints is null)
+        {
+            return ImageTokensPerImage;
+        }
+
+        var side = Vision.ImageSize / Vision.PatchSize;
+        var grid = AnyResGeometry.BestResolution(height, width, ImageGridPinpoints);
+        var (_, rows, _, cols) = AnyResGeometry.Unpadded(height, width, grid.Height / Vision.ImageSize * side, grid.Width / Vision.ImageSize * side);
+        return ImageTokensPerImage + (rows * (cols + 1));
     }
 
     /// <summary>Reads config.json from a model folder or file.</summary>
@@ -78,9 +101,9 @@ public sealed record LlavaConfig
     {
         var r = new ConfigReader(root, source);
         var modelType = r.String("model_type", "llava");
-        if (modelType is not ("llava" or "vipllava"))
+        if (modelType is not ("llava" or "vipllava" or "llava_next"))
         {
-            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava).");
+            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next).");
         }
 
         var vip = modelType == "vipllava";
@@ -111,6 +134,12 @@ public sealed record LlavaConfig
             }
         }
 
+        var pinpoints = modelType == "llava_next" ? GridPinpoints(root, vision, source) : null;
+        if (pinpoints is not null && strategy != "default")
+        {
+            throw new ModelConfigException($"{source}: LLaVA-NeXT needs vision_feature_select_strategy 'default' (tiles are laid out without CLS).");
+        }
+
         var act = r.String("projector_hidden_act", "gelu");
         _ = Activations.Resolve(act, source + " projector_hidden_act");
         return new LlavaConfig
@@ -120,6 +149,7 @@ public sealed record LlavaConfig
             ProjectorHiddenAct = act,
             ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
             ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,
+            ImageGridPinpoints = pinpoints,
             VisionFeatureSelectStrategy = strategy,
             VisionFeatureLayers = layers,
             Text = text,
@@ -127,5 +157,29 @@ public sealed record LlavaConfig
             TieWordEmbeddings = r.OptionalBool("tie_word_embeddings") ?? text.TieWordEmbeddings,
             TorchDtype = r.OptionalString("dtype") ?? r.OptionalString("torch_dtype") ?? text.TorchDtype,
         };
+    }
+
+    private static (int Height, int Width)[] GridPinpoints(JsonObject root, VisionConfig vision, string source)
+    {
+        if (root["image_grid_pinpoints"] is not JsonArray list || list.Count == 0)
+        {
+            throw new ModelConfigException($"{source}: image_grid_pinpoints must be a non-empty list of [height, width] pairs.");
+        }
+
+        return list.Select((node, i) =>
+        {
+            if (node is not JsonArray pair || pair.Count != 2)
+            {
+                throw new ModelConfigException($"{source}: image_grid_pinpoints[{i}] must be a [height, width] pair.");
+            }
+
+            var (h, w) = (ConfigReader.AsInt(pair[0], $"image_grid_pinpoints[{i}][0]", source), ConfigReader.AsInt(pair[1], $"image_grid_pinpoints[{i}][1]", source));
+            if (h <= 0 || w <= 0 || h % vision.ImageSize != 0 || w % vision.ImageSize != 0)
+            {
+                throw new ModelConfigException($"{source}: image_grid_pinpoints[{i}] = [{h}, {w}] is not a positive multiple of the vision tower's {vision.ImageSize}-pixel tiles.");
+            }
+
+            return (h, w);
+        }).ToArray();
     }
 }

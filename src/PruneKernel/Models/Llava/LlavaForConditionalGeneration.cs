@@ -58,6 +58,12 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, dtype, device);
         multi_modal_projector = new LlavaMultiModalProjector(config, dtype, device);
         language_model = new LlamaModel(config.Text, dtype, device);
+        if (config.ImageGridPinpoints is not null)
+        {
+            image_newline = ParameterFactory.Empty([config.Text.HiddenSize], dtype, device);
+            register_parameter("image_newline", image_newline);
+        }
+
         lm_head = new Linear(config.Text.HiddenSize, config.Text.VocabSize, false, dtype, device);
         register_module("vision_tower", vision_tower);
         register_module("multi_modal_projector", multi_modal_projector);
@@ -79,6 +85,9 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
 
     public Linear lm_head { get; }
 
+    /// <summary>LLaVA-NeXT's learned end-of-row embedding, appended after each row of grid features; null otherwise.</summary>
+    public Parameter? image_newline { get; }
+
     /// <summary>pixels [N, C, H, W] to image embeddings [N, tokens per image, D] in the decoder's space.</summary>
     public Tensor EncodeImages(Tensor pixels)
     {
@@ -90,6 +99,39 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         }
 
         return multi_modal_projector.forward(features).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One image's embeddings [1, tokens, D] from its tiles [tiles, C, H, W]. Single-tile families return the projected
+    /// features. LLaVA-NeXT returns the whole-image tile's features, then the grid's features as one map with the padding
+    /// around the fitted image cut away and <see cref="image_newline"/> after every row (transformers' pack_image_features).
+    /// </summary>
+    public Tensor EncodeImage(Tensor tiles, (int Height, int Width)? originalSize)
+    {
+        using var scope = NewDisposeScope();
+        var features = EncodeImages(tiles);
+        if (image_newline is null)
+        {
+            return features.reshape(1, -1, features.shape[^1]).MoveToOuterDisposeScope();
+        }
+
+        var (height, width) = originalSize ?? throw new ArgumentException("LLaVA-NeXT needs the image's original size.", nameof(originalSize));
+        var side = Config.Vision.ImageSize / Config.Vision.PatchSize;
+        var grid = AnyResGeometry.BestResolution(height, width, Config.ImageGridPinpoints!);
+        int rows = grid.Height / Config.Vision.ImageSize, cols = grid.Width / Config.Vision.ImageSize;
+        if (features.shape[0] != 1 + (rows * cols))
+        {
+            throw new PruneKernelException($"A {width}x{height} image needs 1 + {rows}x{cols} tiles but {features.shape[0]} were given.");
+        }
+
+        var d = features.shape[^1];
+        // [rows·cols, side², D] -> [D, rows·side, cols·side]: tiles laid out as the image they came from.
+        var map = features.narrow(0, 1, rows * cols).view(rows, cols, side, side, d).permute(4, 0, 2, 1, 3).reshape(d, rows * side, cols * side);
+        var (top, keptRows, left, keptCols) = AnyResGeometry.Unpadded(height, width, rows * side, cols * side);
+        map = map.narrow(1, top, keptRows).narrow(2, left, keptCols);
+        var newline = image_newline.to(map.dtype).view(d, 1, 1).expand(d, keptRows, 1);
+        var packed = torch.cat([map, newline], 2).flatten(1, 2).transpose(0, 1);
+        return torch.cat([features[0], packed], 0).unsqueeze(0).MoveToOuterDisposeScope();
     }
 
     /// <summary>Token embeddings [B, T, D] for text-only ids [B, T] (decoding steps): no image-slot check, so no host sync.</summary>

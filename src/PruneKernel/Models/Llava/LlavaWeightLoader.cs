@@ -21,6 +21,7 @@ internal static class LlavaWeightLoader
         ("language_model.lm_head.", "lm_head."),
         ("model.vision_tower.", "vision_tower."),
         ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.image_newline", "image_newline"),
     ];
 
     /// <summary>Our parameter name for a checkpoint key, or null for keys that belong to no known part.</summary>
@@ -43,6 +44,7 @@ internal static class LlavaWeightLoader
 
         return name.StartsWith("language_model.", StringComparison.Ordinal) || name.StartsWith("lm_head.", StringComparison.Ordinal)
             || name.StartsWith("vision_tower.", StringComparison.Ordinal) || name.StartsWith("multi_modal_projector.", StringComparison.Ordinal)
+            || name == "image_newline"
             ? name
             : null;
     }
