@@ -15,7 +15,8 @@ import argparse, json, math, os
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration
+from transformers import (AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
+                          LlavaNextImageProcessor, VipLlavaForConditionalGeneration)
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -35,7 +36,7 @@ SCENARIOS = [
     {"name": "once-mean-pervisiblequery", "schedule": "once", "aggregation": "mean", "normalization": "per_visible_query"},
 ]
 RATE, START, LAYERS = 0.3, 0, 2
-MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded"]
+MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna"]
 
 
 def protected_mask(ids, tok):
@@ -160,28 +161,40 @@ def pruned_generate(model, embeds, ids, tok, scenario, steps=20):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", default="tests/fixtures")
+    ap.add_argument("--models", nargs="*", help="a subset of MODELS (default: all)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     out_dir = os.path.join(a.fixtures, "pruning")
     os.makedirs(out_dir, exist_ok=True)
-    for name in MODELS:
+    only = set(a.models or MODELS)
+    for name in [m for m in MODELS if m in only]:
         folder = os.path.join(a.fixtures, "models", name)
-        model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+        family = json.load(open(os.path.join(folder, "config.json")))["model_type"]
+        cls = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration,
+               "llava_next": LlavaNextForConditionalGeneration}[family]
+        model = cls.from_pretrained(folder, dtype=torch.float32).eval()
         # Every fixture shares the Llama 2 vocabulary; the folder with tokenizer.json gives transformers' canonical ids
         # (AutoTokenizer rebuilt from tokenizer.model + a transformers-5 tokenizer_config drops BOS and the prefix space).
         tok = AutoTokenizer.from_pretrained(os.path.join(a.fixtures, "models", "llava-tiny-f32"))
-        proc = CLIPImageProcessor.from_pretrained(folder)
+        image = Image.open(os.path.join(a.fixtures, "images", "img03.png"))
+        extra = {}
+        if family == "llava_next":
+            proc = LlavaNextImageProcessor.from_pretrained(folder)
+            batch = proc(images=image, return_tensors="pt")
+            pv, extra["image_sizes"] = batch["pixel_values"], batch["image_sizes"]
+        else:
+            proc = CLIPImageProcessor.from_pretrained(folder)
+            pv = proc(images=image, return_tensors="pt")["pixel_values"]
+        # the fixture's golden (same image, built by the family's processor) says how many image tokens it takes
         meta = json.load(open(os.path.join(folder, "golden.json")))
-        n_img = meta["num_image_tokens"]
+        n_img = meta.get("num_image_tokens") or meta["image_tokens"]
         ids = tok(PROMPT)["input_ids"]
         at = ids.index(IMAGE_TOKEN_ID)
         ids = ids[:at] + [IMAGE_TOKEN_ID] * n_img + ids[at + 1:]
-        image = Image.open(os.path.join(a.fixtures, "images", "img03.png"))
-        pv = proc(images=image, return_tensors="pt")["pixel_values"]
         captured = []
         hook = model.model.language_model.layers[0].register_forward_pre_hook(
             lambda m, args, kw: captured.append((args[0] if args else kw["hidden_states"]).clone()), with_kwargs=True)
-        full = model(input_ids=torch.tensor([ids]), pixel_values=pv).logits[0, -1]
+        full = model(input_ids=torch.tensor([ids]), pixel_values=pv, **extra).logits[0, -1]
         hook.remove()
         embeds = captured[0]
         # Sanity: the manual layer loop without pruning reproduces the model's own logits.

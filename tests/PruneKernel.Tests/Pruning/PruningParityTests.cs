@@ -18,7 +18,7 @@ public sealed class PruningParityTests
     public static TheoryData<string, string> Cases()
     {
         var data = new TheoryData<string, string>();
-        foreach (var model in new[] { "llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded" })
+        foreach (var model in new[] { "llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna" })
         {
             using var json = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("pruning", model + ".json")));
             foreach (var scenario in json.RootElement.GetProperty("scenarios").EnumerateObject())
@@ -57,7 +57,7 @@ public sealed class PruningParityTests
         using (torch.no_grad())
         {
             var net = lvlm.Network;
-            var hidden = net.ForwardPrompt(prompt.InputIds, net.EncodeImages(prompt.PixelTensor()), null, pruner);
+            var hidden = net.ForwardPrompt(prompt.InputIds, LlavaGenerator.EncodeImages(net, prompt, null, lvlm.Identity), null, pruner);
             var logits = net.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
             firstLogits = logits.detach().clone().DetachFromDisposeScope();
         }
