@@ -186,6 +186,7 @@ public sealed class LvlmChatClient : IChatClient
 
         var promptMessages = new List<PromptMessage>();
         var images = new List<RgbImage>();
+        var videos = new List<IReadOnlyList<RgbImage>>();
         foreach (var message in messages)
         {
             var role = message.Role == ChatRole.System ? PromptRole.System
@@ -206,10 +207,20 @@ public sealed class LvlmChatClient : IChatClient
                         images.Add(await _images.LoadAsync(content, cancellationToken).ConfigureAwait(false));
                         parts.Add(new ImagePart());
                         break;
+                    case VideoFramesContent video:
+                        var frames = new List<RgbImage>(video.Frames.Count);
+                        foreach (var frame in video.Frames)
+                        {
+                            frames.Add(await _images.LoadAsync(frame, cancellationToken).ConfigureAwait(false));
+                        }
+
+                        videos.Add(frames);
+                        parts.Add(new VideoPart());
+                        break;
                     case FunctionCallContent or FunctionResultContent:
                         throw new NotSupportedException("Function calls and results are not supported: the local model has no tool calling.");
                     default:
-                        throw new UnsupportedContentException($"Content of type {content.GetType().Name} is not supported (text and images only).");
+                        throw new UnsupportedContentException($"Content of type {content.GetType().Name} is not supported (text, images and VideoFramesContent only).");
                 }
             }
 
@@ -221,7 +232,7 @@ public sealed class LvlmChatClient : IChatClient
             throw new ArgumentException("At least one message is needed.", nameof(messages));
         }
 
-        var prompt = _model.CreatePrompt(promptMessages, images);
+        var prompt = _model.CreatePrompt(promptMessages, images, videos);
         var generation = new GenerationOptions
         {
             MaxNewTokens = options?.MaxOutputTokens ?? Options.DefaultMaxOutputTokens,

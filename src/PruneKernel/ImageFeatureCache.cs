@@ -28,6 +28,6 @@ internal static class ImageFeatureKeys
     {
         var hash = SHA256.HashData(MemoryMarshal.AsBytes(pixels.Data.AsSpan()));
         // Tiles and original size are part of the key: LLaVA-NeXT's packing depends on them, not only on the pixels.
-        return $"{modelIdentity}|{pixels.Tiles}x{pixels.Channels}x{pixels.Height}x{pixels.Width}|{pixels.OriginalSize}|{Convert.ToHexString(hash)}";
+        return $"{modelIdentity}|{(pixels.IsVideo ? "video" : "image")}|{pixels.Tiles}x{pixels.Channels}x{pixels.Height}x{pixels.Width}|{pixels.OriginalSize}|{Convert.ToHexString(hash)}";
     }
 }

@@ -122,11 +122,28 @@ public sealed class Lvlm : IDisposable
     public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images, bool addGenerationPrompt = true) =>
         CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images);
 
+    /// <summary>
+    /// Renders messages with image and video parts (LLaVA-NeXT-Video) through the chat template and attaches the images and
+    /// the videos (each a sequence of frames), each list in order of appearance.
+    /// </summary>
+    public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images,
+        IReadOnlyList<IReadOnlyList<RgbImage>> videos, bool addGenerationPrompt = true) =>
+        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images, videos);
+
     /// <summary>Uses <paramref name="text"/> as is; it must hold one image placeholder (<c>&lt;image&gt;</c>) per image.</summary>
     /// <exception cref="PruneKernelException">Placeholders and images do not pair up.</exception>
-    public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images)
+    public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images) => CreateRawPrompt(text, images, []);
+
+    /// <summary>
+    /// Uses <paramref name="text"/> as is; it must hold one <c>&lt;image&gt;</c> per image and one <c>&lt;video&gt;</c> per
+    /// video (a sequence of frames; LLaVA-NeXT-Video only).
+    /// </summary>
+    /// <exception cref="PruneKernelException">Placeholders and inputs do not pair up, or the model takes no video.</exception>
+    public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images, IReadOnlyList<IReadOnlyList<RgbImage>> videos)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(videos);
         var watch = Stopwatch.StartNew();
         var ids = Tokenizer.Encode(text, addSpecialTokens: true);
         var placeholders = ids.Count(id => id == Config.ImageTokenId);
@@ -136,15 +153,36 @@ public sealed class Lvlm : IDisposable
                 $"The prompt has {placeholders} image placeholder(s) ({ChatTemplate.ImageToken}) but {images.Count} image(s) were given.");
         }
 
-        // Each placeholder becomes as many image tokens as its image yields (fixed, except for LLaVA-NeXT's grids).
-        var tokensPerImage = images.Select(image => Config.ImageTokensFor(image.Height, image.Width)).ToArray();
-        var expanded = new List<int>(ids.Count + tokensPerImage.Sum());
-        var next = 0;
+        var videoPlaceholders = Config.VideoTokenId is int videoId ? ids.Count(id => id == videoId) : 0;
+        if (videos.Count > 0 && Config.VideoTokenId is null)
+        {
+            throw new PruneKernelException($"This model ({Config.ModelType}) takes no video; LLaVA-NeXT-Video does.");
+        }
+
+        if (videoPlaceholders != videos.Count || videos.Any(v => v.Count == 0))
+        {
+            throw new PruneKernelException(
+                $"The prompt has {videoPlaceholders} video placeholder(s) ({ChatTemplates.VideoToken}) but {videos.Count} video(s) were given (each needs frames).");
+        }
+
+        // Each placeholder becomes as many tokens as its input yields (fixed per image, except for LLaVA-NeXT's grids;
+        // pooled patches per frame for videos), and the inputs are kept in the order their placeholders appear.
+        var expanded = new List<int>(ids.Count);
+        var pixels = new List<PixelValues>();
+        int nextImage = 0, nextVideo = 0;
         foreach (var id in ids)
         {
             if (id == Config.ImageTokenId)
             {
-                expanded.AddRange(Enumerable.Repeat(id, tokensPerImage[next++]));
+                var image = images[nextImage++];
+                expanded.AddRange(Enumerable.Repeat(id, Config.ImageTokensFor(image.Height, image.Width)));
+                pixels.Add(_anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image));
+            }
+            else if (id == Config.VideoTokenId)
+            {
+                var frames = videos[nextVideo++];
+                expanded.AddRange(Enumerable.Repeat(id, frames.Count * Config.VideoTokensPerFrame));
+                pixels.Add(VideoPixels(frames));
             }
             else
             {
@@ -152,7 +190,6 @@ public sealed class Lvlm : IDisposable
             }
         }
 
-        var pixels = images.Select(image => _anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image)).ToArray();
         foreach (var p in pixels)
         {
             if (p.Height != Config.Vision.ImageSize || p.Width != Config.Vision.ImageSize)
@@ -163,10 +200,17 @@ public sealed class Lvlm : IDisposable
         }
 
         var layout = new PromptLayout(
-            expanded.Select(id => id == Config.ImageTokenId).ToArray(),
+            expanded.Select(id => id == Config.ImageTokenId || id == Config.VideoTokenId).ToArray(),
             TailStart(expanded, ChatTemplate.GenerationPrompt) ?? expanded.Count - 1,
             TailStart(expanded, ChatTemplate.UserTurnMarker));
         return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds, layout);
+    }
+
+    /// <summary>A video's frames through the CLIP steps, one tile per frame.</summary>
+    private PixelValues VideoPixels(IReadOnlyList<RgbImage> frames)
+    {
+        var each = frames.Select(ImageProcessor.Preprocess).ToArray();
+        return new PixelValues(each.SelectMany(p => p.Data).ToArray(), 3, each[0].Height, each[0].Width) { Tiles = each.Length, IsVideo = true };
     }
 
     /// <summary>

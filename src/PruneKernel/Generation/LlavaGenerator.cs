@@ -129,7 +129,7 @@ internal static class LlavaGenerator
             return null;
         }
 
-        var tiled = prompt.Images.Any(p => p.OriginalSize is not null);
+        var tiled = prompt.Images.Any(p => p.OriginalSize is not null || p.IsVideo);
         if (cache is null && !tiled)
         {
             // Single-tile images go through the vision tower together.
@@ -144,7 +144,7 @@ internal static class LlavaGenerator
             if (cache is null || !cache.TryGet(key, out var features))
             {
                 using var single = prompt.PixelTensor(i);
-                features = model.EncodeImage(single, prompt.Images[i].OriginalSize);
+                features = prompt.Images[i].IsVideo ? model.EncodeVideo(single) : model.EncodeImage(single, prompt.Images[i].OriginalSize);
                 if (cache is not null)
                 {
                     features = features.DetachFromDisposeScope();

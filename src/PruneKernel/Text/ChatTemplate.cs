@@ -23,6 +23,9 @@ public sealed record TextPart(string Text) : PromptPart;
 /// <summary>The place of one image in a message; images are supplied separately, in order of appearance.</summary>
 public sealed record ImagePart : PromptPart;
 
+/// <summary>The place of one video (a sequence of frames) in a message; videos are supplied separately, in order.</summary>
+public sealed record VideoPart : PromptPart;
+
 /// <summary>One chat message as the template sees it.</summary>
 /// <param name="Role">Who says it.</param>
 /// <param name="Parts">Its text and image parts, in order.</param>
@@ -40,6 +43,9 @@ public sealed record PromptMessage(PromptRole Role, IReadOnlyList<PromptPart> Pa
 
     /// <summary>Number of image parts.</summary>
     public int ImageCount => Parts.Count(p => p is ImagePart);
+
+    /// <summary>Number of video parts.</summary>
+    public int VideoCount => Parts.Count(p => p is VideoPart);
 }
 
 /// <summary>Turns messages into the prompt text a model was trained on.</summary>
@@ -91,6 +97,11 @@ public sealed class Llava15ChatTemplate : IChatTemplate
             foreach (var _ in message.Parts.OfType<ImagePart>())
             {
                 text.Append(ImageToken).Append('\n');
+            }
+
+            foreach (var _ in message.Parts.OfType<VideoPart>())
+            {
+                text.Append(ChatTemplates.VideoToken).Append('\n');
             }
 
             foreach (var part in message.Parts.OfType<TextPart>())
@@ -149,7 +160,12 @@ public sealed class MistralInstructChatTemplate : IChatTemplate
 
             foreach (var part in message.Parts)
             {
-                text.Append(part is TextPart t ? t.Text : ImageToken + "\n");
+                text.Append(part switch
+                {
+                    TextPart t => t.Text,
+                    VideoPart => ChatTemplates.VideoToken + "\n",
+                    _ => ImageToken + "\n",
+                });
             }
 
             text.Append(" [/INST]");
@@ -162,6 +178,9 @@ public sealed class MistralInstructChatTemplate : IChatTemplate
 /// <summary>Finds the chat template of a model folder.</summary>
 public static class ChatTemplates
 {
+    /// <summary>The placeholder that marks where a video's tokens go (LLaVA-NeXT-Video).</summary>
+    public const string VideoToken = "<video>";
+
     /// <summary>
     /// The LLaVA-1.5 template when the folder has no template or one in that style (chat_template.json / .jinja), the
     /// Mistral-instruct one for [INST] templates; PruneKernel has no Jinja engine, so any other template is refused rather

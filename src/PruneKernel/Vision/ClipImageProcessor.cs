@@ -16,6 +16,9 @@ public sealed record PixelValues(float[] Data, int Channels, int Height, int Wid
 
     /// <summary>The image's size before preprocessing (LLaVA-NeXT needs it to unpad its features), or null.</summary>
     public (int Height, int Width)? OriginalSize { get; init; }
+
+    /// <summary>Whether the tiles are a video's frames (LLaVA-NeXT-Video) rather than one image's tiles.</summary>
+    public bool IsVideo { get; init; }
 }
 
 /// <summary>A checkpoint's <c>preprocessor_config.json</c>, with CLIPImageProcessor's defaults.</summary>

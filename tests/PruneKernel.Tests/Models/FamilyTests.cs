@@ -86,4 +86,30 @@ public sealed class FamilyTests
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
         Assert.Contains("vision_feature_layers", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task TheChatClientTakesAVideoAsFrames()
+    {
+        using var client = new LvlmChatClient(Lvlm.Load(Fixtures.Model("llava-next-video-tiny")), ownsModel: true);
+        var ct = TestContext.Current.CancellationToken;
+        var frames = new List<AIContent>();
+        foreach (var name in new[] { "img00.png", "img03.png", "img08.png" })
+        {
+            frames.Add(new DataContent(await File.ReadAllBytesAsync(Fixtures.Path("images", name), ct), "image/png"));
+        }
+
+        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Rate = 0.5, Layers = 1 });
+        var response = await client.GetResponseAsync(
+            [new ChatMessage(ChatRole.User, [new VideoFramesContent(frames), new TextContent("What happens in this video? " + string.Concat(Enumerable.Repeat("Some chatter. ", 20)))])],
+            options, ct);
+        var model = (Lvlm)client.GetService(typeof(Lvlm))!;
+        Assert.Equal(3, response.Usage!.OutputTokenCount);
+        Assert.True(response.Usage.InputTokenCount > 3 * model.Config.VideoTokensPerFrame);
+        var report = (PruningReport)response.AdditionalProperties![LvlmChatClient.PruningReportKey]!;
+        Assert.Equal(3 * model.Config.VideoTokensPerFrame, report.VisualTokens); // video tokens are visual: never pruned
+        Assert.True(report.PrunedTokens > 0);
+
+        Assert.Throws<ArgumentException>(() => new VideoFramesContent([]));
+        Assert.Throws<ArgumentException>(() => new VideoFramesContent([new TextContent("not a frame")]));
+    }
 }

@@ -21,6 +21,8 @@ public sealed class LlavaNextParityTests
         { "llava-next-tiny-mistral", "golden" },
         { "llava-next-tiny-mistral", "golden-img04" },
         { "llava-next-tiny-mistral", "golden-img09" },
+        { "llava-next-video-tiny", "golden" },
+        { "llava-next-video-tiny", "golden-img04" },
     };
 
     [Theory]
@@ -98,5 +100,63 @@ public sealed class LlavaNextParityTests
         var image = ImageDecoder.Load(golden.ImagePath);
         var prompt = lvlm.CreatePrompt([PruneKernel.Text.PromptMessage.User(question, 1)], [image]);
         Assert.Equal(golden.Ints("input_ids"), prompt.InputIds);
+    }
+
+    /// <summary>The frames tools/make_family_fixtures.py built its video from: Pillow's default (bicubic) resize to 48x40.</summary>
+    private static RgbImage[] GoldenFrames(Golden golden)
+    {
+        var size = golden.Meta["frame_size"]!.AsArray().Select(n => n!.GetValue<int>()).ToArray();
+        return golden.Meta["frames"]!.AsArray().Select(n =>
+        {
+            var image = ImageDecoder.Load(Fixtures.Path("images", n!.GetValue<string>()));
+            return new RgbImage(size[0], size[1], AntialiasResampler.Resize(image.Rgb.ToArray(), image.Width, image.Height, size[0], size[1], bicubic: true));
+        }).ToArray();
+    }
+
+    [Fact]
+    public void VideoFramesPoolingAndLogitsMatchTransformers()
+    {
+        using var golden = new Golden("llava-next-video-tiny", "golden-video");
+        using var lvlm = Lvlm.Load(golden.Folder);
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var prompt = lvlm.CreateRawPrompt(golden.Prompt, [], [GoldenFrames(golden)]);
+        Assert.Equal(golden.Ints("input_ids"), prompt.InputIds);
+        var ours = prompt.PixelTensor(0);
+        var theirs = golden["pixel_values_videos"];
+        Assert.Equal(theirs.shape, ours.shape);
+        var mae = (ours - theirs).abs().mean().item<float>();
+        Assert.True(mae <= 0.01, $"frame pixel MAE {mae}");
+
+        var net = lvlm.Network;
+        var features = net.EncodeVideo(theirs);
+        Assert.InRange(Golden.RelativeError(features[0], golden["video_features"]), 0, Tolerance);
+        var ids = golden["input_ids"].unsqueeze(0);
+        var hidden = net.language_model.forward(net.EmbedPrompt(ids, features), torch.arange(ids.shape[1], dtype: ScalarType.Int64).unsqueeze(0), null);
+        var logits = net.Logits(hidden)[0];
+        var worst = Golden.RelativeError(logits.index_select(1, golden["subset_ids"]), golden["logits_subset"]);
+        TestContext.Current.SendDiagnosticMessage($"video: frame MAE {mae:E2}, logits relative error {worst:E2}");
+        Assert.InRange(worst, 0, Tolerance);
+
+        var result = lvlm.Generate(prompt, new Generation.GenerationOptions { MaxNewTokens = 20 }, TestContext.Current.CancellationToken);
+        using var margins = golden["generated_margins"];
+        var decisive = margins.data<float>().ToArray().TakeWhile(m => m > 1e-3).Count();
+        Assert.True(decisive >= 10, $"only {decisive} decisive steps");
+        Assert.Equal(golden.Ints("generated_ids").Take(decisive), result.OutputTokenIds.Take(decisive));
+    }
+
+    [Fact]
+    public void VideoNeedsAVideoModelAndMatchingPlaceholders()
+    {
+        using var image = Lvlm.Load(Fixtures.Model("llava-next-tiny-vicuna"));
+        var frame = ImageDecoder.Load(Fixtures.Path("images", "img00.png"));
+        var e = Assert.Throws<PruneKernelException>(() => image.CreateRawPrompt("USER: <video>\nWhat happens? ASSISTANT:", [], [[frame]]));
+        Assert.Contains("takes no video", e.Message, StringComparison.Ordinal);
+
+        using var video = Lvlm.Load(Fixtures.Model("llava-next-video-tiny"));
+        e = Assert.Throws<PruneKernelException>(() => video.CreateRawPrompt("USER: What happens? ASSISTANT:", [], [[frame]]));
+        Assert.Contains("video placeholder", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<PruneKernelException>(() => video.CreateRawPrompt("USER: <video>\nWhat happens? ASSISTANT:", [], [[]]));
+        Assert.Contains("needs frames", e.Message, StringComparison.Ordinal);
     }
 }

@@ -8,7 +8,10 @@ namespace PruneKernel.Models.Llava;
 /// <summary>Configuration of a LLaVA-family checkpoint (config.json), with defaults filled the way transformers fills them.</summary>
 public sealed record LlavaConfig
 {
-    /// <summary>model_type of the checkpoint: "llava" (LLaVA-1.5), "vipllava" (ViP-LLaVA) or "llava_next" (LLaVA-NeXT).</summary>
+    /// <summary>
+    /// model_type of the checkpoint: "llava" (LLaVA-1.5), "vipllava" (ViP-LLaVA), "llava_next" (LLaVA-NeXT) or
+    /// "llava_next_video" (LLaVA-NeXT-Video).
+    /// </summary>
     public required string ModelType { get; init; }
 
     /// <summary>Vocabulary id of the image placeholder token.</summary>
@@ -46,6 +49,18 @@ public sealed record LlavaConfig
     /// the single-tile families.
     /// </summary>
     public IReadOnlyList<(int Height, int Width)>? ImageGridPinpoints { get; init; }
+
+    /// <summary>Vocabulary id of the video placeholder token (LLaVA-NeXT-Video), or null for families without video.</summary>
+    public int? VideoTokenId { get; init; }
+
+    /// <summary>How LLaVA-NeXT-Video pools each frame's patch grid before the projector: "average" or "max".</summary>
+    public string SpatialPoolMode { get; init; } = "average";
+
+    /// <summary>Kernel and stride of that pooling (LLaVA-NeXT-Video).</summary>
+    public int SpatialPoolStride { get; init; } = 2;
+
+    /// <summary>Video tokens per frame: the pooled patch grid (LLaVA-NeXT-Video), 0 for families without video.</summary>
+    public int VideoTokensPerFrame => VideoTokenId is null ? 0 : (int)Math.Pow(Vision.ImageSize / Vision.PatchSize / SpatialPoolStride, 2);
 
     /// <summary>The dtype the checkpoint was saved in ("float32", "bfloat16", "float16"), if stated.</summary>
     public string? TorchDtype { get; init; }
@@ -101,10 +116,19 @@ public sealed record LlavaConfig
     {
         var r = new ConfigReader(root, source);
         var modelType = r.String("model_type", "llava");
-        if (modelType is not ("llava" or "vipllava" or "llava_next"))
+        if (modelType is not ("llava" or "vipllava" or "llava_next" or "llava_next_video"))
         {
-            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next).");
+            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next, llava_next_video).");
         }
+
+        var video = modelType == "llava_next_video";
+        var poolMode = r.String("spatial_pool_mode", "average");
+        if (video && poolMode is not ("average" or "max"))
+        {
+            throw new ModelConfigException($"{source}: spatial_pool_mode '{poolMode}' is not supported (average, max).");
+        }
+
+        var poolStride = r.Int("spatial_pool_stride", 2);
 
         var vip = modelType == "vipllava";
         // ViP-LLaVA always drops the CLS feature of every selected layer; it has no strategy setting.
@@ -134,7 +158,12 @@ public sealed record LlavaConfig
             }
         }
 
-        var pinpoints = modelType == "llava_next" ? GridPinpoints(root, vision, source) : null;
+        var pinpoints = modelType is "llava_next" or "llava_next_video" ? GridPinpoints(root, vision, source) : null;
+        if (video && (poolStride <= 0 || vision.ImageSize / vision.PatchSize % poolStride != 0))
+        {
+            throw new ModelConfigException($"{source}: spatial_pool_stride {poolStride} does not divide the {vision.ImageSize / vision.PatchSize}-patch grid.");
+        }
+
         if (pinpoints is not null && strategy != "default")
         {
             throw new ModelConfigException($"{source}: LLaVA-NeXT needs vision_feature_select_strategy 'default' (tiles are laid out without CLS).");
@@ -150,6 +179,9 @@ public sealed record LlavaConfig
             ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
             ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,
             ImageGridPinpoints = pinpoints,
+            VideoTokenId = video ? r.OptionalInt("video_token_id") ?? r.OptionalInt("video_token_index") ?? 32001 : null,
+            SpatialPoolMode = poolMode,
+            SpatialPoolStride = poolStride,
             VisionFeatureSelectStrategy = strategy,
             VisionFeatureLayers = layers,
             Text = text,

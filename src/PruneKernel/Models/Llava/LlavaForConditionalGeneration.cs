@@ -134,12 +134,36 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         return torch.cat([features[0], packed], 0).unsqueeze(0).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// A video's embeddings [1, frames · pooled patches, D] from its frames [F, C, H, W] (LLaVA-NeXT-Video): each frame's
+    /// patch features, CLS dropped, pooled over the patch grid (average or max, kernel = stride), then projected.
+    /// </summary>
+    public Tensor EncodeVideo(Tensor frames)
+    {
+        using var scope = NewDisposeScope();
+        var features = vision_tower.forward(frames.to(DType, Device));
+        if (Config.VisionFeatureSelectStrategy == "default")
+        {
+            features = features.narrow(1, 1, features.shape[1] - 1);
+        }
+
+        var side = Config.Vision.ImageSize / Config.Vision.PatchSize;
+        long f = features.shape[0], dv = features.shape[^1];
+        var grid = features.view(f, side, side, dv).permute(0, 3, 1, 2);
+        var stride = Config.SpatialPoolStride;
+        var pooled = Config.SpatialPoolMode == "max"
+            ? nn.functional.max_pool2d(grid, stride, stride)
+            : nn.functional.avg_pool2d(grid, stride, stride);
+        var tokens = pooled.flatten(2).transpose(1, 2);
+        return multi_modal_projector.forward(tokens).reshape(1, -1, Config.Text.HiddenSize).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Token embeddings [B, T, D] for text-only ids [B, T] (decoding steps): no image-slot check, so no host sync.</summary>
     public Tensor EmbedTokens(Tensor inputIds) => language_model.embed_tokens.forward(inputIds.to(Device));
 
     /// <summary>
-    /// Token embeddings [1, T, D] for ids [1, T], with the image-token positions replaced, in order, by the rows of
-    /// <paramref name="imageEmbeddings"/> ([N, tokens per image, D]).
+    /// Token embeddings [1, T, D] for ids [1, T], with the image- and video-token positions replaced, in order, by the rows
+    /// of <paramref name="imageEmbeddings"/> ([N, tokens, D], images and videos in prompt order).
     /// </summary>
     public Tensor EmbedPrompt(Tensor inputIds, Tensor? imageEmbeddings)
     {
@@ -147,12 +171,18 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         var ids = inputIds.to(Device);
         var embeds = language_model.embed_tokens.forward(ids);
         var isImage = ids.eq(Config.ImageTokenId);
+        if (Config.VideoTokenId is int video)
+        {
+            // Each image's and each video's tokens form one block and their embeddings come in prompt order, so one
+            // scatter over both kinds places every block where transformers' two separate scatters do.
+            isImage = isImage.logical_or(ids.eq(video));
+        }
+
         var slots = isImage.sum().item<long>();
         var rows = imageEmbeddings is null ? 0 : imageEmbeddings.shape[0] * imageEmbeddings.shape[1];
         if (slots != rows)
         {
-            throw new PruneKernelException(
-                $"The prompt has {slots} image tokens but the images provide {rows} embeddings ({Config.ImageTokensPerImage} per image).");
+            throw new PruneKernelException($"The prompt has {slots} image/video tokens but the images and videos provide {rows} embeddings.");
         }
 
         if (imageEmbeddings is not null && rows > 0)
