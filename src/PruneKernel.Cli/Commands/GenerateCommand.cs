@@ -13,6 +13,7 @@ internal static class GenerateCommand
     {
         var model = new ModelOptions();
         var image = new Option<FileInfo?>("--image", "-i") { Description = "Image file (png, jpeg, webp)." };
+        var video = new Option<FileInfo[]>("--video") { Description = "Frames of one video, in order (LLaVA-NeXT-Video; image files).", AllowMultipleArgumentsPerToken = true };
         var prompt = new Option<string>("--prompt", "-p") { Description = "The question or instruction.", Required = true };
         var raw = new Option<bool>("--raw") { Description = "Use the prompt as is (it holds <image> where the image goes) instead of the chat template." };
         var format = new Option<string>("--format") { Description = "text (streamed) or json.", DefaultValueFactory = _ => "text" };
@@ -20,17 +21,21 @@ internal static class GenerateCommand
         var command = new Command("generate", "Generate a completion for a prompt about an image.");
         model.AddTo(command);
         command.Add(image);
+        command.Add(video);
         command.Add(prompt);
         command.Add(raw);
         command.Add(format);
         command.SetAction((r, ct) => CliErrors.Run(r, async output =>
         {
             var images = r.GetValue(image) is { } file ? new[] { ImageDecoder.Load(file.FullName) } : [];
+            var frames = (r.GetValue(video) ?? []).Select(f => ImageDecoder.Load(f.FullName)).ToArray();
+            IReadOnlyList<IReadOnlyList<RgbImage>> videos = frames.Length > 0 ? [frames] : [];
             using var lvlm = Lvlm.Load(r.GetValue(model.Model)!, model.LoadOptions(r), ct);
             var text = r.GetValue(prompt)!;
+            PromptPart[] parts = [.. images.Select(_ => (PromptPart)new ImagePart()), .. videos.Select(_ => (PromptPart)new VideoPart()), new TextPart(text)];
             var lvlmPrompt = r.GetValue(raw)
-                ? lvlm.CreateRawPrompt(text, images)
-                : lvlm.CreatePrompt([PromptMessage.User(text, images.Length)], images);
+                ? lvlm.CreateRawPrompt(text, images, videos)
+                : lvlm.CreatePrompt([new PromptMessage(PromptRole.User, parts)], images, videos);
             var options = model.GenerationOptions(r);
             if (r.GetValue(format) == "json")
             {

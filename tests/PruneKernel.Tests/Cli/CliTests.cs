@@ -140,6 +140,18 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task GenerateTakesVideoFramesOnAVideoModel()
+    {
+        var frames = new[] { "img00.png", "img03.png" }.Select(f => Fixtures.Path("images", f)).ToArray();
+        var (code, stdout, stderr) = await Run(["generate", "--model", Fixtures.Model("llava-next-video-tiny"), "--video", .. frames,
+            "--prompt", "What happens?", "--max-new-tokens", "4", "--format", "json"]);
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        Assert.Equal(4, json.RootElement.GetProperty("output_token_ids").GetArrayLength());
+        Assert.True(json.RootElement.GetProperty("prompt_token_count").GetInt32() > 2 * 4); // two frames of 4 pooled tokens, plus text
+    }
+
+    [Fact]
     public async Task MissingPromptIsAUsageError()
     {
         var (code, _, _) = await Run("generate", "--model", Model);
