@@ -10,6 +10,8 @@ features, 20 greedy tokens with their top-2 margins). Families:
   llava-next-tiny-vicuna       LlavaNextForConditionalGeneration, llama text model, anyres grid, image_newline, unpadding
   llava-next-tiny-mistral      the same with a Mistral text model
   llava-next-video-tiny        LlavaNextVideoForConditionalGeneration: an image golden and a video golden (frames, pooling)
+  deepseek-vl-tiny             DeepseekVLForConditionalGeneration: SigLIP tower, aligner, llama; greedy by re-forwarding
+                               (its generate() is disabled in transformers)
 It also records whether deepseek_vl / deepseek_vl_hybrid exist in this transformers (family_support.json).
 Every family is independent: one failing is reported and the others are still written.
 
@@ -93,9 +95,25 @@ def save_model(model, tok, processor, folder, template_kind, tokenizer_model):
         f.write(TEMPLATES[template_kind])
 
 
-def goldens(cls, folder, inputs, tok, extra_meta, hidden):
+def manual_greedy(ref, inputs, steps=20):
+    """Greedy decoding by full re-forwards, for families whose generate() is disabled (DeepSeek-VL)."""
+    ids, margins, new = inputs["input_ids"], [], []
+    rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    for _ in range(steps):
+        s = ref(input_ids=ids, attention_mask=torch.ones_like(ids), **rest).logits[0, -1].float()
+        top = s.topk(2)
+        margins.append(float(top.values[0] - top.values[1]))
+        new.append(int(top.indices[0]))
+        ids = torch.cat([ids, top.indices[:1].view(1, 1)], 1)
+    return torch.tensor(new), margins
+
+
+def goldens(cls, folder, inputs, tok, extra_meta, hidden, feature_module=None):
     """Float32 goldens from the reloaded checkpoint, for inputs built by the family's processor."""
     ref = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    projected = []
+    if feature_module is not None:  # families whose outputs carry no image_hidden_states: hook the projector
+        feature_module(ref).register_forward_hook(lambda m, a, o: projected.append(o.detach().clone()))
     lm = ref.model.language_model
     captured, embeds_in = [], []
     hooks = [layer.register_forward_hook(lambda m, a, o: captured.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
@@ -111,9 +129,12 @@ def goldens(cls, folder, inputs, tok, extra_meta, hidden):
     subset = torch.randperm(VOCAB, generator=g)[:512].sort().values
     with torch.no_grad():
         final_norm = lm.norm(captured[-1])[0]
-        gen = ref.generate(**inputs, max_new_tokens=20, do_sample=False, output_scores=True, return_dict_in_generate=True)
-    new = gen.sequences[0, inputs["input_ids"].shape[1]:]
-    margins = [float(s[0].float().topk(2).values[0] - s[0].float().topk(2).values[1]) for s in gen.scores]
+        if feature_module is None:
+            gen = ref.generate(**inputs, max_new_tokens=20, do_sample=False, output_scores=True, return_dict_in_generate=True)
+            new = gen.sequences[0, inputs["input_ids"].shape[1]:]
+            margins = [float(s[0].float().topk(2).values[0] - s[0].float().topk(2).values[1]) for s in gen.scores]
+        else:
+            new, margins = manual_greedy(ref, inputs)
     gold = {"input_ids": inputs["input_ids"][0].long(), "logits_last": logits[-1].contiguous(),
             "logits_subset": logits[:, subset].contiguous(), "subset_ids": subset.long(),
             "hidden.embeddings": embeds_in[0][0].float().contiguous(), "hidden.final_norm": final_norm.float().contiguous(),
@@ -121,7 +142,11 @@ def goldens(cls, folder, inputs, tok, extra_meta, hidden):
     for key in ("pixel_values", "pixel_values_videos", "image_sizes"):
         if key in inputs:
             gold[key] = inputs[key][0].contiguous() if key != "image_sizes" else inputs[key].long().contiguous()
+    if projected:
+        gold["image_features"] = projected[0].reshape(-1, hidden).float().contiguous()
     for attr, key in (("image_hidden_states", "image_features"), ("video_hidden_states", "video_features")):
+        if key in gold:
+            continue
         feats = getattr(o, attr, None)
         if feats is not None:
             if isinstance(feats, (list, tuple)):
@@ -167,6 +192,37 @@ def vip_llava(tok, out, image, tokenizer_model):
                          {"family": "vipllava", "prompt": PROMPTS["vicuna"], "image": "../../images/" + os.path.basename(image),
                           "vision_feature_layers": layers, "checkpoint_dtype": "bfloat16"}, 16)
     write_golden(folder, gold, meta)
+
+
+@family("deepseek-vl-tiny")
+def deepseek_vl(tok, out, image, tokenizer_model):
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration, SiglipVisionConfig
+    name = "deepseek-vl-tiny"
+    torch.manual_seed(sum(map(ord, name)))
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=32, patch_size=8, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    text = base.text_config("llama", 16, 2, 2, 3, 10000.0, None)
+    cfg = DeepseekVLConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE_TOKEN_ID,
+                           pad_token_id=PAD_TOKEN_ID, tie_word_embeddings=False)
+    model = DeepseekVLForConditionalGeneration(cfg).eval()
+    widen(model)
+    proc_cls = getattr(transformers, "DeepseekVLImageProcessorPil", None) or transformers.DeepseekVLImageProcessor
+    proc = proc_cls(size={"height": 32, "width": 32}, min_size=14, image_mean=base.CLIP_MEAN, image_std=base.CLIP_STD,
+                    do_pad=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
+    folder = os.path.join(out, "models", name)
+    save_model(model, tok, proc, folder, "vicuna", tokenizer_model)
+    ids = tok(PROMPTS["vicuna"], add_special_tokens=True)["input_ids"]
+    pos = ids.index(IMAGE_TOKEN_ID)
+    ids = ids[:pos] + [IMAGE_TOKEN_ID] * 16 + ids[pos + 1:]
+    input_ids = torch.tensor([ids])
+    for img_name in ("img03.png", "img04.png"):
+        pv = proc(images=Image.open(os.path.join(os.path.dirname(image), img_name)).convert("RGB"), return_tensors="pt")["pixel_values"].float()
+        inputs = {"input_ids": input_ids, "pixel_values": pv, "attention_mask": torch.ones_like(input_ids)}
+        gold, meta = goldens(DeepseekVLForConditionalGeneration, folder, inputs, tok,
+                             {"family": "deepseek_vl", "prompt": PROMPTS["vicuna"], "image": "../../images/" + img_name,
+                              "checkpoint_dtype": "bfloat16", "image_processor": type(proc).__name__}, 16,
+                             feature_module=lambda m: m.model.aligner)
+        write_golden(folder, gold, meta, "" if img_name == "img03.png" else "-" + os.path.splitext(img_name)[0])
 
 
 def next_processor(tok, strategy, video=False, template="vicuna"):
@@ -236,6 +292,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--images", default="tests/fixtures/images")
     ap.add_argument("--work", default="/tmp/pk-family-fixtures-work")
+    ap.add_argument("--families", nargs="*", help="only these fixture names (default: all)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     print("transformers", transformers.__version__, "torch", torch.__version__)
@@ -245,10 +302,19 @@ def main():
     assert tok.convert_tokens_to_ids("<video>") == VIDEO_TOKEN_ID, tok.convert_tokens_to_ids("<video>")
     image = os.path.join(a.images, "img03.png")
     os.makedirs(os.path.join(a.out, "models"), exist_ok=True)
+    only = set(a.families or [])
+    if not only or "deepseek-vl-tiny" in only:
+        deepseek_vl(tok, a.out, image, a.tokenizer)
+    if only:
+        return finish(a.out)
     vip_llava(tok, a.out, image, a.tokenizer)
     family("llava-next-tiny-vicuna")(next_model)("llava-next-tiny-vicuna", "llama", False, tok, a.out, image, a.tokenizer, 2, 2, 3, 10000.0)
     family("llava-next-tiny-mistral")(next_model)("llava-next-tiny-mistral", "mistral", False, tok, a.out, image, a.tokenizer, 4, 1, 2, 1000000.0)
     family("llava-next-video-tiny")(next_model)("llava-next-video-tiny", "llama", True, tok, a.out, image, a.tokenizer, 2, 2, 2, 10000.0)
+    finish(a.out)
+
+
+def finish(out):
     support = {"transformers": transformers.__version__}
     for module in ("vipllava", "llava_next", "llava_next_video", "deepseek_vl", "deepseek_vl_hybrid", "video_llama"):
         try:
@@ -257,7 +323,7 @@ def main():
         except Exception as e:  # noqa
             support[module] = f"absent: {type(e).__name__}"
     support["failures"] = failures
-    json.dump(support, open(os.path.join(a.out, "family_support.json"), "w"), indent=1)
+    json.dump(support, open(os.path.join(out, "family_support.json"), "w"), indent=1)
     print(json.dumps({k: v for k, v in support.items() if k != "failures"}), "failed:", list(failures))
 
 

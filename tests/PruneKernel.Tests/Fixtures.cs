@@ -33,6 +33,7 @@ internal static class Fixtures
         "llava-tiny-mistral-bf16",
         "llava-tiny-f16-hub",
         "vip-llava-tiny",
+        "deepseek-vl-tiny",
     ];
 
     /// <summary>Every fixture model, including those whose goldens have their own layout (LLaVA-NeXT's tiles).</summary>

@@ -64,6 +64,15 @@ public sealed record ImageProcessorConfig
     public bool PadToSquare { get; init; }
 
     /// <summary>
+    /// DeepSeek-VL / Janus: resize so the longer side is this many pixels (aspect kept, no side below <see cref="MinSize"/>),
+    /// then pad to a square with the mean colour; no centre crop. Null for CLIP-style processing.
+    /// </summary>
+    public int? LongestEdge { get; init; }
+
+    /// <summary>The smallest side <see cref="LongestEdge"/> resizing may produce.</summary>
+    public int MinSize { get; init; } = 14;
+
+    /// <summary>
     /// The image processor configuration of a model folder: <c>preprocessor_config.json</c>, or else the
     /// <c>image_processor</c> section of <c>processor_config.json</c> (where transformers 5 saves it for LLaVA-NeXT).
     /// </summary>
@@ -127,13 +136,21 @@ public sealed record ImageProcessorConfig
             JsonObject crop => (ConfigReader.AsInt(crop["height"], "crop_size.height", path), ConfigReader.AsInt(crop["width"], "crop_size.width", path)),
             var n => (ConfigReader.AsInt(n, "crop_size", path), ConfigReader.AsInt(n, "crop_size", path)),
         };
+        // DeepSeek-VL's (Janus') processor: longest side to size, then pad; it has no crop and its do_pad means that pad.
+        var processorType = r.OptionalString("image_processor_type") ?? string.Empty;
+        var longestEdge = processorType.StartsWith("DeepseekVLImageProcessor", StringComparison.Ordinal)
+            || processorType.StartsWith("JanusImageProcessor", StringComparison.Ordinal)
+            ? exact is (int h, int w) && h == w ? h : throw new ModelConfigException($"{path}: {processorType} needs a square size (height = width).")
+            : (int?)null;
         var config = new ImageProcessorConfig
         {
+            LongestEdge = longestEdge,
+            MinSize = r.Int("min_size", 14),
             DoResize = r.Bool("do_resize", true),
             ShortestEdge = shortest,
             ResizeTo = exact,
             Resample = r.Int("resample", 3),
-            DoCenterCrop = r.Bool("do_center_crop", true),
+            DoCenterCrop = longestEdge is null && r.Bool("do_center_crop", true),
             CropHeight = cropH,
             CropWidth = cropW,
             DoRescale = r.Bool("do_rescale", true),
@@ -142,8 +159,8 @@ public sealed record ImageProcessorConfig
             ImageMean = Triple(json["image_mean"], "image_mean", path) ?? defaults.ImageMean,
             ImageStd = Triple(json["image_std"], "image_std", path) ?? defaults.ImageStd,
             // LLaVA-NeXT's do_pad pads a batch's tile counts, not the image: only CLIP-style processors pad to square.
-            PadToSquare = (r.OptionalString("image_processor_type") != "LlavaNextImageProcessor" && r.Bool("do_pad", false))
-                || r.OptionalString("image_aspect_ratio") == "pad",
+            PadToSquare = longestEdge is null && ((processorType != "LlavaNextImageProcessor" && r.Bool("do_pad", false))
+                || r.OptionalString("image_aspect_ratio") == "pad"),
         };
         return config.Validate(path);
     }
@@ -195,7 +212,16 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         // Transparency is dropped, not composited: transformers 5's convert_rgb keeps the stored colour values.
         var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height) : image.Rgb.ToArray();
 
-        if (Config.DoResize)
+        if (Config.LongestEdge is int longest)
+        {
+            // Python's round() (half to even), as the Janus processor computes the new size.
+            var delta = longest / (double)Math.Max(height, width);
+            var newH = Math.Max((int)Math.Round(height * delta, MidpointRounding.ToEven), Config.MinSize);
+            var newW = Math.Max((int)Math.Round(width * delta, MidpointRounding.ToEven), Config.MinSize);
+            var resized = AntialiasResampler.Resize(rgb, width, height, newW, newH, bicubic: Config.Resample == 3);
+            rgb = PadToSquare(new RgbImage(newW, newH, resized), out width, out height);
+        }
+        else if (Config.DoResize)
         {
             var (newH, newW) = Config.ResizeTo ?? OutputSize(height, width, Config.ShortestEdge!.Value);
             rgb = AntialiasResampler.Resize(rgb, width, height, newW, newH, bicubic: Config.Resample == 3);

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace PruneKernel.Vision;
 
-/// <summary>Patch, class and position embeddings of a CLIP vision transformer.</summary>
+/// <summary>Patch, class and position embeddings of a CLIP vision transformer (SigLIP: no class token, biased patches).</summary>
 internal sealed class ClipVisionEmbeddings : nn.Module
 {
     private readonly int _patch;
@@ -14,16 +14,20 @@ internal sealed class ClipVisionEmbeddings : nn.Module
     public ClipVisionEmbeddings(VisionConfig c, ScalarType dtype, Device device) : base(nameof(ClipVisionEmbeddings))
     {
         _patch = c.PatchSize;
-        var positions = ((c.ImageSize / c.PatchSize) * (c.ImageSize / c.PatchSize)) + 1;
-        class_embedding = ParameterFactory.Empty([c.HiddenSize], dtype, device);
-        patch_embedding = new ConvWeight([c.HiddenSize, c.NumChannels, c.PatchSize, c.PatchSize], dtype, device);
+        var positions = ((c.ImageSize / c.PatchSize) * (c.ImageSize / c.PatchSize)) + (c.HasClassToken ? 1 : 0);
+        patch_embedding = new ConvWeight([c.HiddenSize, c.NumChannels, c.PatchSize, c.PatchSize], hasBias: !c.HasClassToken, dtype, device);
         position_embedding = new Embedding(positions, c.HiddenSize, dtype, device);
-        register_parameter("class_embedding", class_embedding);
+        if (c.HasClassToken)
+        {
+            class_embedding = ParameterFactory.Empty([c.HiddenSize], dtype, device);
+            register_parameter("class_embedding", class_embedding);
+        }
+
         register_module("patch_embedding", patch_embedding);
         register_module("position_embedding", position_embedding);
     }
 
-    public Parameter class_embedding { get; }
+    public Parameter? class_embedding { get; }
 
     public ConvWeight patch_embedding { get; }
 
@@ -40,23 +44,29 @@ internal sealed class ClipVisionEmbeddings : nn.Module
             .reshape(n, c, rows, _patch, cols, _patch)
             .permute(0, 2, 4, 1, 3, 5)
             .reshape(n, rows * cols, c * _patch * _patch);
-        var patches = nn.functional.linear(flat, patch_embedding.weight.reshape(patch_embedding.weight.shape[0], -1));
-        var cls = class_embedding.expand(patches.shape[0], 1, -1);
-        var tokens = torch.cat([cls, patches], 1);
+        var patches = nn.functional.linear(flat, patch_embedding.weight.reshape(patch_embedding.weight.shape[0], -1), patch_embedding.bias);
+        var tokens = class_embedding is null ? patches : torch.cat([class_embedding.expand(patches.shape[0], 1, -1), patches], 1);
         return (tokens + position_embedding.weight.unsqueeze(0)).MoveToOuterDisposeScope();
     }
 }
 
-/// <summary>A bias-free convolution kernel named "weight" (CLIP's patch projection).</summary>
+/// <summary>A convolution kernel named "weight", with a "bias" when the checkpoint has one (SigLIP's patch projection).</summary>
 internal sealed class ConvWeight : nn.Module
 {
-    public ConvWeight(long[] shape, ScalarType dtype, Device device) : base(nameof(ConvWeight))
+    public ConvWeight(long[] shape, bool hasBias, ScalarType dtype, Device device) : base(nameof(ConvWeight))
     {
         weight = ParameterFactory.Empty(shape, dtype, device);
         register_parameter("weight", weight);
+        if (hasBias)
+        {
+            bias = ParameterFactory.Empty([shape[0]], dtype, device);
+            register_parameter("bias", bias);
+        }
     }
 
     public Parameter weight { get; }
+
+    public Parameter? bias { get; }
 }
 
 /// <summary>CLIP's bidirectional multi-head attention (q/k/v/out_proj with biases).</summary>
@@ -170,22 +180,27 @@ internal sealed class ClipVisionTransformer : nn.Module
     public ClipVisionTransformer(VisionConfig c, ScalarType dtype, Device device) : base(nameof(ClipVisionTransformer))
     {
         embeddings = new ClipVisionEmbeddings(c, dtype, device);
-        pre_layrnorm = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
         encoder = new ClipEncoder(c, dtype, device);
         post_layernorm = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
         register_module("embeddings", embeddings);
-        register_module("pre_layrnorm", pre_layrnorm);
+        if (c.HasClassToken)
+        {
+            // SigLIP has no norm before the encoder.
+            pre_layrnorm = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
+            register_module("pre_layrnorm", pre_layrnorm);
+        }
+
         register_module("encoder", encoder);
         register_module("post_layernorm", post_layernorm);
     }
 
     public ClipVisionEmbeddings embeddings { get; }
 
-    public LayerNorm pre_layrnorm { get; }
+    public LayerNorm? pre_layrnorm { get; }
 
     public ClipEncoder encoder { get; }
 
-    /// <summary>Loaded for checkpoint completeness; LLaVA reads hidden states before it.</summary>
+    /// <summary>LLaVA reads hidden states before it; DeepSeek-VL reads the last hidden state after it.</summary>
     public LayerNorm post_layernorm { get; }
 }
 
@@ -196,9 +211,16 @@ internal sealed class ClipVisionTransformer : nn.Module
 internal sealed class ClipVisionTower : nn.Module
 {
     private readonly int[] _featureLayers;
+    private readonly bool _postLayerNorm;
 
-    public ClipVisionTower(VisionConfig c, IReadOnlyList<int> featureLayers, ScalarType dtype, Device device) : base(nameof(ClipVisionTower))
+    /// <param name="c">The tower's configuration.</param>
+    /// <param name="featureLayers">Hidden-state indices to return, concatenated on the feature axis.</param>
+    /// <param name="postLayerNorm">Return the last hidden state after post_layernorm (SigLIP's last_hidden_state) instead.</param>
+    /// <param name="dtype">Parameter dtype.</param>
+    /// <param name="device">Parameter device.</param>
+    public ClipVisionTower(VisionConfig c, IReadOnlyList<int> featureLayers, bool postLayerNorm, ScalarType dtype, Device device) : base(nameof(ClipVisionTower))
     {
+        _postLayerNorm = postLayerNorm;
         // hidden_states has L + 1 entries: index 0 is the embeddings after pre_layrnorm, index i the output of layer i.
         _featureLayers = featureLayers.Select(l => l < 0 ? l + c.NumHiddenLayers + 1 : l).ToArray();
         vision_model = new ClipVisionTransformer(c, dtype, device);
@@ -211,7 +233,8 @@ internal sealed class ClipVisionTower : nn.Module
     public Tensor forward(Tensor pixels)
     {
         using var scope = NewDisposeScope();
-        var h = vision_model.pre_layrnorm.forward(vision_model.embeddings.forward(pixels));
+        var h = vision_model.embeddings.forward(pixels);
+        h = vision_model.pre_layrnorm?.forward(h) ?? h;
         var deepest = _featureLayers.Max();
         var states = new Tensor[deepest + 1];
         states[0] = h;
@@ -219,6 +242,11 @@ internal sealed class ClipVisionTower : nn.Module
         {
             h = vision_model.encoder.layers[i].forward(h);
             states[i + 1] = h;
+        }
+
+        if (_postLayerNorm)
+        {
+            return vision_model.post_layernorm.forward(h).MoveToOuterDisposeScope();
         }
 
         var selected = _featureLayers.Select(l => states[l]).ToArray();

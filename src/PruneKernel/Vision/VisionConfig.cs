@@ -33,15 +33,23 @@ public sealed record VisionConfig
     /// <summary>MLP activation ("quick_gelu" for CLIP).</summary>
     public required string HiddenAct { get; init; }
 
+    /// <summary>"clip_vision_model" or "siglip_vision_model" (no class token, no pre-norm, biased patch projection).</summary>
+    public string ModelType { get; init; } = "clip_vision_model";
+
+    /// <summary>Whether the tower has a class token (CLIP) or only patch tokens (SigLIP).</summary>
+    public bool HasClassToken => ModelType == "clip_vision_model";
+
     /// <summary>Builds a vision configuration from its JSON object (null: LLaVA-1.5's CLIP ViT-L/14-336).</summary>
     public static VisionConfig Parse(JsonObject? json, string source)
     {
         var r = new ConfigReader(json ?? [], source);
         var type = r.String("model_type", "clip_vision_model");
-        if (type != "clip_vision_model")
+        if (type is not ("clip_vision_model" or "siglip_vision_model"))
         {
-            throw new ModelConfigException($"{source}: vision model_type '{type}' is not supported (supported: clip_vision_model).");
+            throw new ModelConfigException($"{source}: vision model_type '{type}' is not supported (supported: clip_vision_model, siglip_vision_model).");
         }
+
+        var siglip = type == "siglip_vision_model";
 
         // LlavaConfig's own defaults when vision_config is absent are CLIP ViT-L/14 at 336 px.
         var absent = json is null;
@@ -54,8 +62,9 @@ public sealed record VisionConfig
             ImageSize = r.Positive("image_size", absent ? 336 : 224),
             PatchSize = r.Positive("patch_size", absent ? 14 : 32),
             NumChannels = r.Positive("num_channels", 3),
-            LayerNormEps = r.Double("layer_norm_eps", 1e-5),
-            HiddenAct = r.String("hidden_act", "quick_gelu"),
+            LayerNormEps = r.Double("layer_norm_eps", siglip ? 1e-6 : 1e-5),
+            HiddenAct = r.String("hidden_act", siglip ? "gelu_pytorch_tanh" : "quick_gelu"),
+            ModelType = type,
         };
         _ = Activations.Resolve(config.HiddenAct, source + " hidden_act");
         if (config.HiddenSize % config.NumAttentionHeads != 0 || config.ImageSize % config.PatchSize != 0)

@@ -112,4 +112,20 @@ public sealed class FamilyTests
         Assert.Throws<ArgumentException>(() => new VideoFramesContent([]));
         Assert.Throws<ArgumentException>(() => new VideoFramesContent([new TextContent("not a frame")]));
     }
+
+    [Theory]
+    [InlineData("golden")] // 333x250: padded above and below
+    [InlineData("golden-img04")] // 120x300: padded left and right
+    public void DeepseekVlPreprocessingAndLogitsMatchTransformers(string goldenName)
+    {
+        using var golden = new Golden("deepseek-vl-tiny", goldenName);
+        using var lvlm = Lvlm.Load(golden.Folder);
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var prompt = lvlm.CreateRawPrompt(golden.Prompt, [ImageDecoder.Load(golden.ImagePath)]);
+        Assert.Equal(golden.Ints("input_ids"), prompt.InputIds);
+        var mae = (prompt.PixelTensor(0)[0] - golden["pixel_values"]).abs().mean().item<float>();
+        Assert.True(mae <= 0.01, $"pixel MAE {mae}");
+        var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 20 }, TestContext.Current.CancellationToken);
+        Assert.Equal(golden.Ints("generated_ids"), result.OutputTokenIds);
+    }
 }

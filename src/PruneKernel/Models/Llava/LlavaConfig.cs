@@ -10,7 +10,8 @@ public sealed record LlavaConfig
 {
     /// <summary>
     /// model_type of the checkpoint: "llava" (LLaVA-1.5), "vipllava" (ViP-LLaVA), "llava_next" (LLaVA-NeXT) or
-    /// "llava_next_video" (LLaVA-NeXT-Video).
+    /// "llava_next_video" (LLaVA-NeXT-Video) or "deepseek_vl" (DeepSeek-VL, mapped onto the same modules: SigLIP tower,
+    /// its aligner as the projector).
     /// </summary>
     public required string ModelType { get; init; }
 
@@ -50,6 +51,12 @@ public sealed record LlavaConfig
     /// </summary>
     public IReadOnlyList<(int Height, int Width)>? ImageGridPinpoints { get; init; }
 
+    /// <summary>
+    /// Whether image features are the vision tower's last hidden state after its final LayerNorm (DeepSeek-VL reads
+    /// SigLIP's last_hidden_state) rather than hidden states of chosen layers before it (LLaVA).
+    /// </summary>
+    public bool VisionFeaturesAfterPostLayerNorm { get; init; }
+
     /// <summary>Vocabulary id of the video placeholder token (LLaVA-NeXT-Video), or null for families without video.</summary>
     public int? VideoTokenId { get; init; }
 
@@ -71,7 +78,7 @@ public sealed record LlavaConfig
         get
         {
             var side = Vision.ImageSize / Vision.PatchSize;
-            return (side * side) + (VisionFeatureSelectStrategy == "full" ? 1 : 0);
+            return (side * side) + (VisionFeatureSelectStrategy == "full" && Vision.HasClassToken ? 1 : 0);
         }
     }
 
@@ -116,10 +123,13 @@ public sealed record LlavaConfig
     {
         var r = new ConfigReader(root, source);
         var modelType = r.String("model_type", "llava");
-        if (modelType is not ("llava" or "vipllava" or "llava_next" or "llava_next_video"))
+        if (modelType is not ("llava" or "vipllava" or "llava_next" or "llava_next_video" or "deepseek_vl"))
         {
-            throw new ModelConfigException($"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next, llava_next_video).");
+            throw new ModelConfigException(
+                $"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next, llava_next_video, deepseek_vl).");
         }
+
+        var deepseek = modelType == "deepseek_vl";
 
         var video = modelType == "llava_next_video";
         var poolMode = r.String("spatial_pool_mode", "average");
@@ -132,7 +142,7 @@ public sealed record LlavaConfig
 
         var vip = modelType == "vipllava";
         // ViP-LLaVA always drops the CLS feature of every selected layer; it has no strategy setting.
-        var strategy = vip ? "default" : r.String("vision_feature_select_strategy", "default");
+        var strategy = vip ? "default" : deepseek ? "full" : r.String("vision_feature_select_strategy", "default");
         if (strategy is not ("default" or "full"))
         {
             throw new ModelConfigException($"{source}: vision_feature_select_strategy '{strategy}' must be 'default' or 'full'.");
@@ -140,9 +150,14 @@ public sealed record LlavaConfig
 
         var text = TextConfig.Parse(r.Object("text_config"), source + " text_config");
         var vision = VisionConfig.Parse(r.Object("vision_config"), source + " vision_config");
+        if (deepseek != !vision.HasClassToken)
+        {
+            throw new ModelConfigException($"{source}: {modelType} with a {vision.ModelType} vision tower is not a combination we implement.");
+        }
+
         // LLaVA names one layer (or a list) in vision_feature_layer; ViP-LLaVA lists several in vision_feature_layers.
         var layersKey = vip ? "vision_feature_layers" : "vision_feature_layer";
-        int[] layers = root[layersKey] is JsonArray arr
+        int[] layers = deepseek ? [-1] : root[layersKey] is JsonArray arr
             ? arr.Select((n, i) => ConfigReader.AsInt(n, $"{layersKey}[{i}]", source)).ToArray()
             : root[layersKey] is null && vip ? [-2, -5, -8, -11, 6] : [r.Int(layersKey, -2)];
         if (layers.Length == 0)
@@ -174,7 +189,8 @@ public sealed record LlavaConfig
         return new LlavaConfig
         {
             ModelType = modelType,
-            ImageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? 32000,
+            ImageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? (deepseek ? 100015 : 32000),
+            VisionFeaturesAfterPostLayerNorm = deepseek,
             ProjectorHiddenAct = act,
             ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
             ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,

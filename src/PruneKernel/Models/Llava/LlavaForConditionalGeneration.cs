@@ -55,7 +55,7 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         Config = config;
         DType = dtype;
         Device = device;
-        vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, dtype, device);
+        vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, config.VisionFeaturesAfterPostLayerNorm, dtype, device);
         multi_modal_projector = new LlavaMultiModalProjector(config, dtype, device);
         language_model = new LlamaModel(config.Text, dtype, device);
         if (config.ImageGridPinpoints is not null)
@@ -93,7 +93,7 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
     {
         using var scope = NewDisposeScope();
         var features = vision_tower.forward(pixels.to(DType, Device));
-        if (Config.VisionFeatureSelectStrategy == "default")
+        if (Config.VisionFeatureSelectStrategy == "default" && Config.Vision.HasClassToken)
         {
             features = features.narrow(1, 1, features.shape[1] - 1);
         }

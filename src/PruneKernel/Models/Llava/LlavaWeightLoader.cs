@@ -22,6 +22,10 @@ internal static class LlavaWeightLoader
         ("model.vision_tower.", "vision_tower."),
         ("model.multi_modal_projector.", "multi_modal_projector."),
         ("model.image_newline", "image_newline"),
+        // DeepSeek-VL: its SigLIP tower and aligner load into the same modules as LLaVA's tower and projector.
+        ("model.vision_model.", "vision_tower.vision_model."),
+        ("model.aligner.linear1.", "multi_modal_projector.linear_1."),
+        ("model.aligner.linear2.", "multi_modal_projector.linear_2."),
     ];
 
     /// <summary>Our parameter name for a checkpoint key, or null for keys that belong to no known part.</summary>
@@ -57,6 +61,12 @@ internal static class LlavaWeightLoader
         {
             // Rotary inverse frequencies are recomputed from config; old checkpoints sometimes stored them.
             if (key.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal) || key.EndsWith("position_ids", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            // SigLIP's attention-pooling head serves image classification; DeepSeek-VL reads the patch states instead.
+            if (ParameterName(key) is { } mapped && mapped.StartsWith("vision_tower.vision_model.head.", StringComparison.Ordinal))
             {
                 continue;
             }
