@@ -95,7 +95,8 @@ public sealed class PruningParityTests
         var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 20, Pruning = options });
         var expectedIds = scenario.GetProperty("generated_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
         var margins = scenario.GetProperty("margins").EnumerateArray().Select(e => e.GetDouble()).ToArray();
-        var decisive = margins.TakeWhile(m => m > 1e-3).Count();
+        // A step is decisive when the reference's top-2 logit margin is far above the ~1e-5 absolute logit error seen here.
+        var decisive = margins.TakeWhile(m => m > 1e-4).Count();
         Assert.True(decisive >= 10, $"only {decisive} decisive steps");
         Assert.Equal(expectedIds.Take(decisive), result.OutputTokenIds.Take(decisive));
         Assert.Equal(report.TokensAtLastLayer, result.Pruning!.TokensAtLastLayer);
