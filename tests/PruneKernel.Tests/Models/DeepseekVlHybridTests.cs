@@ -103,6 +103,59 @@ public sealed class DeepseekVlHybridTests
     }
 
     [Fact]
+    public void TheFeatureCachePathEncodesBothResolutionsAndKeysOnBoth()
+    {
+        using var golden = new Golden(Model);
+        using var lvlm = Lvlm.Load(golden.Folder, new LvlmLoadOptions { DType = "f32" });
+        using var cache = new CountingCache();
+        lvlm.ImageFeatureCache = cache;
+        var prompt = lvlm.CreateRawPrompt(golden.Prompt, [ImageDecoder.Load(golden.ImagePath)]);
+        for (var run = 0; run < 2; run++)
+        {
+            // Per-image encoding (the cache's path) must agree with the batched path the goldens were checked on.
+            var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 20 }, TestContext.Current.CancellationToken);
+            Assert.Equal(golden.Ints("generated_ids"), result.OutputTokenIds);
+        }
+
+        Assert.Equal((1, 1), (cache.Sets, cache.Hits));
+
+        // The same low-resolution pixels with other high-resolution ones are another image to the cache.
+        var image = prompt.Images[0];
+        var other = image with { HighRes = image.HighRes! with { Data = image.HighRes.Data.Select(v => v + 1f).ToArray() } };
+        Assert.NotEqual(ImageFeatureKeys.For(lvlm.Identity, image), ImageFeatureKeys.For(lvlm.Identity, other));
+    }
+
+    private sealed class CountingCache : IImageFeatureCache, IDisposable
+    {
+        private readonly Dictionary<string, Tensor> _entries = [];
+
+        public int Sets { get; private set; }
+
+        public int Hits { get; private set; }
+
+        public bool TryGet(string key, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out Tensor? features)
+        {
+            var found = _entries.TryGetValue(key, out features);
+            Hits += found ? 1 : 0;
+            return found;
+        }
+
+        public void Set(string key, Tensor features, long sizeBytes)
+        {
+            Sets++;
+            _entries[key] = features;
+        }
+
+        public void Dispose()
+        {
+            foreach (var t in _entries.Values)
+            {
+                t.Dispose();
+            }
+        }
+    }
+
+    [Fact]
     public void EncodingWithoutTheHighResolutionImageIsAnError()
     {
         using var lvlm = Lvlm.Load(Fixtures.Model(Model), new LvlmLoadOptions { DType = "f32" });
