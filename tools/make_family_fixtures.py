@@ -12,6 +12,9 @@ features, 20 greedy tokens with their top-2 margins). Families:
   llava-next-video-tiny        LlavaNextVideoForConditionalGeneration: an image golden and a video golden (frames, pooling)
   deepseek-vl-tiny             DeepseekVLForConditionalGeneration: SigLIP tower, aligner, llama; greedy by re-forwarding
                                (its generate() is disabled in transformers)
+  deepseek-vl-hybrid-tiny      DeepseekVLHybridForConditionalGeneration: the SigLIP tower plus a SAM ViT-B-style high-res
+                               encoder (windowed + global attention, relative positions, necks, downsampling convs) fused
+                               in the hybrid aligner; two resolutions from one processor; greedy by re-forwarding
 It also records whether deepseek_vl / deepseek_vl_hybrid exist in this transformers (family_support.json).
 Every family is independent: one failing is reported and the others are still written.
 
@@ -139,7 +142,7 @@ def goldens(cls, folder, inputs, tok, extra_meta, hidden, feature_module=None):
             "logits_subset": logits[:, subset].contiguous(), "subset_ids": subset.long(),
             "hidden.embeddings": embeds_in[0][0].float().contiguous(), "hidden.final_norm": final_norm.float().contiguous(),
             "generated_ids": new.long().contiguous(), "generated_margins": torch.tensor(margins, dtype=torch.float32)}
-    for key in ("pixel_values", "pixel_values_videos", "image_sizes"):
+    for key in ("pixel_values", "high_res_pixel_values", "pixel_values_videos", "image_sizes"):
         if key in inputs:
             gold[key] = inputs[key][0].contiguous() if key != "image_sizes" else inputs[key].long().contiguous()
     if projected:
@@ -225,6 +228,95 @@ def deepseek_vl(tok, out, image, tokenizer_model):
         write_golden(folder, gold, meta, "" if img_name == "img03.png" else "-" + os.path.splitext(img_name)[0])
 
 
+def hybrid_intermediates(cls, folder, inputs):
+    """The high-res branch's stages (SAM tokens after each layer, the neck input at the first global layer, both necks'
+    outputs, the fused high-res features) and the low-res features, so a mismatch can be located."""
+    ref = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    m, out, hooks = ref.model, {}, []
+    enc = m.high_res_vision_model.vision_encoder
+
+    def put(key, t):
+        out.setdefault(key, t.detach().float().contiguous())  # hooks return None: inputs and outputs stay untouched
+
+    def after(key, pick):
+        def hook(mod, a, o):
+            put(key, pick(o))
+        return hook
+
+    def before(key, index):
+        def hook(mod, a, kw):
+            args = list(a) + list(kw.values())
+            if len(args) > index:
+                put(key, args[index])
+        return hook
+
+    first = lambda o: o[0] if isinstance(o, tuple) else o
+    hooks.append(enc.layers[0].register_forward_pre_hook(before("high_res.embeddings", 0), with_kwargs=True))
+    for i, layer in enumerate(enc.layers):
+        hooks.append(layer.register_forward_hook(after(f"high_res.layer{i}", first)))
+    hooks.append(enc.neck.register_forward_hook(after("high_res.encoder_neck", first)))
+    hooks.append(m.high_res_vision_neck.register_forward_pre_hook(before("high_res.global_in", 0), with_kwargs=True))
+    hooks.append(m.high_res_vision_neck.register_forward_hook(after("high_res.global_neck", first)))
+    hooks.append(m.aligner.register_forward_pre_hook(before("low_res.features", 0), with_kwargs=True))
+    hooks.append(m.aligner.register_forward_pre_hook(before("high_res.features", 1), with_kwargs=True))
+    with torch.no_grad():
+        ref(**inputs)
+    for h in hooks:
+        h.remove()
+    return {k: (v[0] if v.shape[0] == 1 else v).contiguous() for k, v in out.items()}
+
+
+@family("deepseek-vl-hybrid-tiny")
+def deepseek_vl_hybrid(tok, out, image, tokenizer_model):
+    from transformers import DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration, SamVisionConfig, SiglipVisionConfig
+    name = "deepseek-vl-hybrid-tiny"
+    torch.manual_seed(sum(map(ord, name)))
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=32, patch_size=8, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    # 64 px / 8 = an 8x8 token grid; 3x3 windows need padding to 9x9; layer 1 attends globally and feeds the second neck
+    high = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=3, num_attention_heads=2, num_channels=3,
+                           image_size=64, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, mlp_dim=64,
+                           use_abs_pos=True, use_rel_pos=True, window_size=3, global_attn_indexes=[1])
+    text = base.text_config("llama", 16, 2, 2, 3, 10000.0, None)
+    text.tie_word_embeddings = True  # tied head: half the checkpoint, and the tied-weights path gets covered
+    cfg = DeepseekVLHybridConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), high_res_vision_config=high.to_dict(),
+                                 image_token_id=IMAGE_TOKEN_ID, pad_token_id=PAD_TOKEN_ID, tie_word_embeddings=True)
+    model = DeepseekVLHybridForConditionalGeneration(cfg).eval()
+    widen(model)
+    with torch.no_grad():
+        # random init leaves these at zero or one (alpha zero would switch the global branch off): make them matter
+        for pname, p in model.named_parameters():
+            if p.dim() == 1 and ("high_res" in pname or "aligner" in pname):
+                p.add_(torch.randn_like(p) * 0.2)
+        model.model.high_res_vision_alpha.fill_(0.75)
+    proc_cls = getattr(transformers, "DeepseekVLHybridImageProcessorPil", None) or transformers.DeepseekVLHybridImageProcessor
+    # distinct means/stds per resolution, so mixing them up shows in the pixel goldens
+    proc = proc_cls(size={"height": 32, "width": 32}, high_res_size={"height": 64, "width": 64}, min_size=14,
+                    image_mean=base.CLIP_MEAN, image_std=base.CLIP_STD, high_res_image_mean=[0.5, 0.45, 0.4],
+                    high_res_image_std=[0.25, 0.3, 0.35], do_pad=True, resample=3, high_res_resample=3, do_rescale=True,
+                    rescale_factor=1 / 255, do_normalize=True)
+    folder = os.path.join(out, "models", name)
+    save_model(model, tok, proc, folder, "vicuna", tokenizer_model)
+    ids = tok(PROMPTS["vicuna"], add_special_tokens=True)["input_ids"]
+    pos = ids.index(IMAGE_TOKEN_ID)
+    ids = ids[:pos] + [IMAGE_TOKEN_ID] * 16 + ids[pos + 1:]
+    input_ids = torch.tensor([ids])
+    for img_name in ("img03.png", "img04.png"):
+        batch = proc(images=Image.open(os.path.join(os.path.dirname(image), img_name)).convert("RGB"), return_tensors="pt")
+        inputs = {"input_ids": input_ids, "pixel_values": batch["pixel_values"].float(),
+                  "high_res_pixel_values": batch["high_res_pixel_values"].float(), "attention_mask": torch.ones_like(input_ids)}
+        gold, meta = goldens(DeepseekVLHybridForConditionalGeneration, folder, inputs, tok,
+                             {"family": "deepseek_vl_hybrid", "prompt": PROMPTS["vicuna"], "image": "../../images/" + img_name,
+                              "checkpoint_dtype": "bfloat16", "image_processor": type(proc).__name__}, 16,
+                             feature_module=lambda m: m.model.aligner)
+        try:  # diagnostics only: the goldens stand without them
+            gold.update(hybrid_intermediates(DeepseekVLHybridForConditionalGeneration, folder, inputs))
+        except Exception:
+            traceback.print_exc()
+        meta["intermediate_shapes"] = {k: list(v.shape) for k, v in gold.items() if "res." in k}
+        write_golden(folder, gold, meta, "" if img_name == "img03.png" else "-" + os.path.splitext(img_name)[0])
+
+
 def next_processor(tok, strategy, video=False, template="vicuna"):
     from transformers import LlavaNextImageProcessor
     ip = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS,
@@ -305,6 +397,8 @@ def main():
     only = set(a.families or [])
     if not only or "deepseek-vl-tiny" in only:
         deepseek_vl(tok, a.out, image, a.tokenizer)
+    if not only or "deepseek-vl-hybrid-tiny" in only:
+        deepseek_vl_hybrid(tok, a.out, image, a.tokenizer)
     if only:
         return finish(a.out)
     vip_llava(tok, a.out, image, a.tokenizer)

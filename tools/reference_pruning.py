@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 import transformers
-from transformers import (AutoTokenizer, CLIPImageProcessor, DeepseekVLForConditionalGeneration, LlavaForConditionalGeneration,
+from transformers import (AutoTokenizer, CLIPImageProcessor, DeepseekVLForConditionalGeneration,
+                          DeepseekVLHybridForConditionalGeneration, LlavaForConditionalGeneration,
                           LlavaNextForConditionalGeneration, LlavaNextImageProcessor, VipLlavaForConditionalGeneration)
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -37,7 +38,8 @@ SCENARIOS = [
     {"name": "once-mean-pervisiblequery", "schedule": "once", "aggregation": "mean", "normalization": "per_visible_query"},
 ]
 RATE, START, LAYERS = 0.3, 0, 2
-MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny"]
+MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny",
+          "deepseek-vl-hybrid-tiny"]
 
 
 def protected_mask(ids, tok):
@@ -172,7 +174,8 @@ def main():
         folder = os.path.join(a.fixtures, "models", name)
         family = json.load(open(os.path.join(folder, "config.json")))["model_type"]
         cls = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration,
-               "llava_next": LlavaNextForConditionalGeneration, "deepseek_vl": DeepseekVLForConditionalGeneration}[family]
+               "llava_next": LlavaNextForConditionalGeneration, "deepseek_vl": DeepseekVLForConditionalGeneration,
+               "deepseek_vl_hybrid": DeepseekVLHybridForConditionalGeneration}[family]
         model = cls.from_pretrained(folder, dtype=torch.float32).eval()
         # Every fixture shares the Llama 2 vocabulary; the folder with tokenizer.json gives transformers' canonical ids
         # (AutoTokenizer rebuilt from tokenizer.model + a transformers-5 tokenizer_config drops BOS and the prefix space).
@@ -186,6 +189,11 @@ def main():
         elif family == "deepseek_vl":
             proc = (getattr(transformers, "DeepseekVLImageProcessorPil", None) or transformers.DeepseekVLImageProcessor).from_pretrained(folder)
             pv = proc(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        elif family == "deepseek_vl_hybrid":
+            proc = (getattr(transformers, "DeepseekVLHybridImageProcessorPil", None)
+                    or transformers.DeepseekVLHybridImageProcessor).from_pretrained(folder)
+            batch = proc(images=image.convert("RGB"), return_tensors="pt")
+            pv, extra["high_res_pixel_values"] = batch["pixel_values"], batch["high_res_pixel_values"]
         else:
             proc = CLIPImageProcessor.from_pretrained(folder)
             pv = proc(images=image, return_tensors="pt")["pixel_values"]

@@ -26,7 +26,15 @@ internal static class ImageFeatureKeys
     /// <summary>SHA-256 of the preprocessed pixels (what the vision tower sees), qualified by model, dtype and device.</summary>
     public static string For(string modelIdentity, PixelValues pixels)
     {
-        var hash = SHA256.HashData(MemoryMarshal.AsBytes(pixels.Data.AsSpan()));
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        sha.AppendData(MemoryMarshal.AsBytes(pixels.Data.AsSpan()));
+        if (pixels.HighRes is { } high)
+        {
+            // DeepSeek-VL hybrid encodes both resolutions; the low one alone does not pin the high one down.
+            sha.AppendData(MemoryMarshal.AsBytes(high.Data.AsSpan()));
+        }
+
+        var hash = sha.GetHashAndReset();
         // Tiles and original size are part of the key: LLaVA-NeXT's packing depends on them, not only on the pixels.
         return $"{modelIdentity}|{(pixels.IsVideo ? "video" : "image")}|{pixels.Tiles}x{pixels.Channels}x{pixels.Height}x{pixels.Width}|{pixels.OriginalSize}|{Convert.ToHexString(hash)}";
     }

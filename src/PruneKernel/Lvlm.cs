@@ -197,6 +197,12 @@ public sealed class Lvlm : IDisposable
                 throw new ModelConfigException(
                     $"preprocessor_config.json yields {p.Width}x{p.Height} images but the vision tower expects {Config.Vision.ImageSize}x{Config.Vision.ImageSize}.");
             }
+
+            if (Config.HighResVision is { } high && (p.HighRes is not { } hr || hr.Height != high.ImageSize || hr.Width != high.ImageSize))
+            {
+                throw new ModelConfigException(
+                    $"preprocessor_config.json must give {Config.ModelType} {high.ImageSize}x{high.ImageSize} high-resolution images (high_res_size).");
+            }
         }
 
         var layout = new PromptLayout(

@@ -45,6 +45,23 @@ public sealed class LvlmPrompt
         return torch.stack(each).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The images' high-resolution versions stacked into [N, C, S, S] (DeepSeek-VL hybrid), or null for other families.</summary>
+    internal Tensor? HighResPixelTensor()
+    {
+        if (Images.Count == 0 || Images.Any(p => p.HighRes is null))
+        {
+            return null;
+        }
+
+        using var scope = NewDisposeScope();
+        var each = Images.Select(p => p.HighRes!).Select(p => torch.tensor(p.Data, [p.Channels, p.Height, p.Width], ScalarType.Float32)).ToArray();
+        return torch.stack(each).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>One image's high-resolution version as [1, C, S, S] (DeepSeek-VL hybrid), or null.</summary>
+    internal Tensor? HighResPixelTensor(int index) =>
+        Images[index].HighRes is { } p ? torch.tensor(p.Data, [1, p.Channels, p.Height, p.Width], ScalarType.Float32) : null;
+
     /// <summary>One image as a [tiles, C, H, W] float32 CPU tensor (one tile for LLaVA-1.5).</summary>
     internal Tensor PixelTensor(int index)
     {

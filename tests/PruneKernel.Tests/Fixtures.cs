@@ -37,5 +37,6 @@ internal static class Fixtures
     ];
 
     /// <summary>Every fixture model, including those whose goldens have their own layout (LLaVA-NeXT's tiles).</summary>
-    public static readonly string[] AllModelNames = [.. ModelNames, "llava-next-tiny-vicuna", "llava-next-tiny-mistral", "llava-next-video-tiny"];
+    public static readonly string[] AllModelNames =
+        [.. ModelNames, "llava-next-tiny-vicuna", "llava-next-tiny-mistral", "llava-next-video-tiny", "deepseek-vl-hybrid-tiny"];
 }

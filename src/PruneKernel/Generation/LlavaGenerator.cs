@@ -133,7 +133,8 @@ internal static class LlavaGenerator
         if (cache is null && !tiled)
         {
             // Single-tile images go through the vision tower together.
-            var batch = model.EncodeImages(prompt.PixelTensor());
+            using var highRes = prompt.HighResPixelTensor();
+            var batch = model.EncodeImages(prompt.PixelTensor(), highRes);
             return batch.reshape(1, -1, batch.shape[^1]);
         }
 
@@ -144,7 +145,8 @@ internal static class LlavaGenerator
             if (cache is null || !cache.TryGet(key, out var features))
             {
                 using var single = prompt.PixelTensor(i);
-                features = prompt.Images[i].IsVideo ? model.EncodeVideo(single) : model.EncodeImage(single, prompt.Images[i].OriginalSize);
+                using var singleHighRes = prompt.HighResPixelTensor(i);
+                features = prompt.Images[i].IsVideo ? model.EncodeVideo(single) : model.EncodeImage(single, prompt.Images[i].OriginalSize, singleHighRes);
                 if (cache is not null)
                 {
                     features = features.DetachFromDisposeScope();

@@ -19,6 +19,9 @@ public sealed record PixelValues(float[] Data, int Channels, int Height, int Wid
 
     /// <summary>Whether the tiles are a video's frames (LLaVA-NeXT-Video) rather than one image's tiles.</summary>
     public bool IsVideo { get; init; }
+
+    /// <summary>The same image at high resolution (DeepSeek-VL hybrid's SAM encoder), or null.</summary>
+    public PixelValues? HighRes { get; init; }
 }
 
 /// <summary>A checkpoint's <c>preprocessor_config.json</c>, with CLIPImageProcessor's defaults.</summary>
@@ -71,6 +74,13 @@ public sealed record ImageProcessorConfig
 
     /// <summary>The smallest side <see cref="LongestEdge"/> resizing may produce.</summary>
     public int MinSize { get; init; } = 14;
+
+    /// <summary>
+    /// DeepSeek-VL hybrid: the high-resolution branch (<c>high_res_size</c>, <c>high_res_image_mean</c>/<c>std</c>,
+    /// <c>high_res_resample</c>). The image is resized and padded to it first, and the low-resolution input is then
+    /// resized from that padded 8-bit square. Null for single-resolution processors.
+    /// </summary>
+    public ImageProcessorConfig? HighRes { get; init; }
 
     /// <summary>
     /// The image processor configuration of a model folder: <c>preprocessor_config.json</c>, or else the
@@ -138,8 +148,9 @@ public sealed record ImageProcessorConfig
         };
         // DeepSeek-VL's (Janus') processor: longest side to size, then pad; it has no crop and its do_pad means that pad.
         var processorType = r.OptionalString("image_processor_type") ?? string.Empty;
+        var hybrid = processorType.StartsWith("DeepseekVLHybridImageProcessor", StringComparison.Ordinal);
         var longestEdge = processorType.StartsWith("DeepseekVLImageProcessor", StringComparison.Ordinal)
-            || processorType.StartsWith("JanusImageProcessor", StringComparison.Ordinal)
+            || processorType.StartsWith("JanusImageProcessor", StringComparison.Ordinal) || hybrid
             ? exact is (int h, int w) && h == w ? h : throw new ModelConfigException($"{path}: {processorType} needs a square size (height = width).")
             : (int?)null;
         var config = new ImageProcessorConfig
@@ -162,6 +173,29 @@ public sealed record ImageProcessorConfig
             PadToSquare = longestEdge is null && ((processorType != "LlavaNextImageProcessor" && r.Bool("do_pad", false))
                 || r.OptionalString("image_aspect_ratio") == "pad"),
         };
+        if (hybrid)
+        {
+            var highSize = json["high_res_size"] switch
+            {
+                null => 1024,
+                JsonObject o => ConfigReader.AsInt(o["height"], "high_res_size.height", path) is var side && side == ConfigReader.AsInt(o["width"], "high_res_size.width", path)
+                    ? side
+                    : throw new ModelConfigException($"{path}: {processorType} needs a square high_res_size (height = width)."),
+                var n => ConfigReader.AsInt(n, "high_res_size", path),
+            };
+            // transformers defaults both resolutions' mean and std to CLIP's, whatever the other one says.
+            config = config with
+            {
+                HighRes = (config with
+                {
+                    LongestEdge = highSize,
+                    Resample = r.Int("high_res_resample", 3),
+                    ImageMean = Triple(json["high_res_image_mean"], "high_res_image_mean", path) ?? defaults.ImageMean,
+                    ImageStd = Triple(json["high_res_image_std"], "high_res_image_std", path) ?? defaults.ImageStd,
+                }).Validate(path),
+            };
+        }
+
         return config.Validate(path);
     }
 
@@ -201,13 +235,39 @@ public sealed record ImageProcessorConfig
 /// </summary>
 public sealed class ClipImageProcessor(ImageProcessorConfig config)
 {
+    private readonly ClipImageProcessor? _highRes = config.HighRes is { } high ? new ClipImageProcessor(high) : null;
+
     /// <summary>The configuration in use.</summary>
     public ImageProcessorConfig Config { get; } = config;
 
-    /// <summary>Preprocesses one image. The image is not modified.</summary>
+    /// <summary>
+    /// Preprocesses one image. The image is not modified. DeepSeek-VL hybrid's result carries the high-resolution input
+    /// in <see cref="PixelValues.HighRes"/>.
+    /// </summary>
     public PixelValues Preprocess(RgbImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
+        if (_highRes is null)
+        {
+            return PreprocessOne(image);
+        }
+
+        // As transformers' hybrid processor: resize and pad at high resolution in 8 bits, then derive the low-resolution
+        // input from that padded square (not from the original), each normalised with its own mean and std.
+        var (square, side, _) = _highRes.Geometry(image);
+        var high = _highRes.Normalize(square, side, side);
+        return PreprocessOne(new RgbImage(side, side, square)) with { HighRes = high };
+    }
+
+    private PixelValues PreprocessOne(RgbImage image)
+    {
+        var (rgb, width, height) = Geometry(image);
+        return Normalize(rgb, width, height);
+    }
+
+    /// <summary>The resized (and padded) 8-bit RGB the normalisation reads, before any centre crop.</summary>
+    private (byte[] Rgb, int Width, int Height) Geometry(RgbImage image)
+    {
         int width = image.Width, height = image.Height;
         // Transparency is dropped, not composited: transformers 5's convert_rgb keeps the stored colour values.
         var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height) : image.Rgb.ToArray();
@@ -228,6 +288,12 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
             (width, height) = (newW, newH);
         }
 
+        return (rgb, width, height);
+    }
+
+    /// <summary>Centre crop (if configured), rescale and normalise to planar float32.</summary>
+    private PixelValues Normalize(byte[] rgb, int width, int height)
+    {
         var (top, left, outH, outW) = (0, 0, height, width);
         if (Config.DoCenterCrop)
         {

@@ -10,8 +10,9 @@ public sealed record LlavaConfig
 {
     /// <summary>
     /// model_type of the checkpoint: "llava" (LLaVA-1.5), "vipllava" (ViP-LLaVA), "llava_next" (LLaVA-NeXT) or
-    /// "llava_next_video" (LLaVA-NeXT-Video) or "deepseek_vl" (DeepSeek-VL, mapped onto the same modules: SigLIP tower,
-    /// its aligner as the projector).
+    /// "llava_next_video" (LLaVA-NeXT-Video), "deepseek_vl" (DeepSeek-VL, mapped onto the same modules: SigLIP tower,
+    /// its aligner as the projector) or "deepseek_vl_hybrid" (DeepSeek-VL hybrid: the SigLIP tower plus a SAM
+    /// high-resolution encoder, fused in its own aligner).
     /// </summary>
     public required string ModelType { get; init; }
 
@@ -56,6 +57,12 @@ public sealed record LlavaConfig
     /// SigLIP's last_hidden_state) rather than hidden states of chosen layers before it (LLaVA).
     /// </summary>
     public bool VisionFeaturesAfterPostLayerNorm { get; init; }
+
+    /// <summary>
+    /// DeepSeek-VL hybrid's high-resolution encoder (<c>high_res_vision_config</c>), or null for single-resolution
+    /// families. Its features are brought to the low-resolution grid, so the image-token count does not change.
+    /// </summary>
+    public SamVisionConfig? HighResVision { get; init; }
 
     /// <summary>Vocabulary id of the video placeholder token (LLaVA-NeXT-Video), or null for families without video.</summary>
     public int? VideoTokenId { get; init; }
@@ -123,13 +130,14 @@ public sealed record LlavaConfig
     {
         var r = new ConfigReader(root, source);
         var modelType = r.String("model_type", "llava");
-        if (modelType is not ("llava" or "vipllava" or "llava_next" or "llava_next_video" or "deepseek_vl"))
+        if (modelType is not ("llava" or "vipllava" or "llava_next" or "llava_next_video" or "deepseek_vl" or "deepseek_vl_hybrid"))
         {
             throw new ModelConfigException(
-                $"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next, llava_next_video, deepseek_vl).");
+                $"{source}: model_type '{modelType}' is not supported (supported: llava, vipllava, llava_next, llava_next_video, deepseek_vl, deepseek_vl_hybrid).");
         }
 
-        var deepseek = modelType == "deepseek_vl";
+        var hybrid = modelType == "deepseek_vl_hybrid";
+        var deepseek = modelType == "deepseek_vl" || hybrid;
 
         var video = modelType == "llava_next_video";
         var poolMode = r.String("spatial_pool_mode", "average");
@@ -184,6 +192,12 @@ public sealed record LlavaConfig
             throw new ModelConfigException($"{source}: LLaVA-NeXT needs vision_feature_select_strategy 'default' (tiles are laid out without CLS).");
         }
 
+        var highRes = hybrid ? SamVisionConfig.Parse(r.Object("high_res_vision_config"), source + " high_res_vision_config") : null;
+        if (highRes is not null && text.HiddenSize % 2 != 0)
+        {
+            throw new ModelConfigException($"{source}: the hybrid aligner splits text hidden_size {text.HiddenSize} in halves; it must be even.");
+        }
+
         var act = r.String("projector_hidden_act", "gelu");
         _ = Activations.Resolve(act, source + " projector_hidden_act");
         return new LlavaConfig
@@ -191,6 +205,7 @@ public sealed record LlavaConfig
             ModelType = modelType,
             ImageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? (deepseek ? 100015 : 32000),
             VisionFeaturesAfterPostLayerNorm = deepseek,
+            HighResVision = highRes,
             ProjectorHiddenAct = act,
             ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
             ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,

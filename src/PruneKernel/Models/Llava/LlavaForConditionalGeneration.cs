@@ -56,8 +56,29 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
         DType = dtype;
         Device = device;
         vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, config.VisionFeaturesAfterPostLayerNorm, dtype, device);
-        multi_modal_projector = new LlavaMultiModalProjector(config, dtype, device);
         language_model = new LlamaModel(config.Text, dtype, device);
+        if (config.HighResVision is { } high)
+        {
+            // DeepSeek-VL hybrid: SAM encoder, a second neck for its first global layer, the shared downsampler, the
+            // learned weight of that global branch, and the aligner that fuses both resolutions (in place of a projector).
+            var grid = config.Vision.ImageSize / config.Vision.PatchSize;
+            high_res_vision_model = new SamVisionModel(high, dtype, device);
+            high_res_vision_neck = new SamVisionNeck(high, dtype, device);
+            high_res_vision_proj = new SamVisionProj(high, grid, dtype, device);
+            high_res_vision_alpha = ParameterFactory.Empty([1], dtype, device);
+            aligner = new HybridAligner(config.Vision.HiddenSize, 4 * high.OutputChannels, config.Text.HiddenSize, dtype, device);
+            register_module("high_res_vision_model", high_res_vision_model);
+            register_module("high_res_vision_neck", high_res_vision_neck);
+            register_module("high_res_vision_proj", high_res_vision_proj);
+            register_parameter("high_res_vision_alpha", high_res_vision_alpha);
+            register_module("aligner", aligner);
+        }
+        else
+        {
+            multi_modal_projector = new LlavaMultiModalProjector(config, dtype, device);
+            register_module("multi_modal_projector", multi_modal_projector);
+        }
+
         if (config.ImageGridPinpoints is not null)
         {
             image_newline = ParameterFactory.Empty([config.Text.HiddenSize], dtype, device);
@@ -66,7 +87,6 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
 
         lm_head = new Linear(config.Text.HiddenSize, config.Text.VocabSize, false, dtype, device);
         register_module("vision_tower", vision_tower);
-        register_module("multi_modal_projector", multi_modal_projector);
         register_module("language_model", language_model);
         register_module("lm_head", lm_head);
     }
@@ -79,7 +99,23 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
 
     public ClipVisionTower vision_tower { get; }
 
-    public LlavaMultiModalProjector multi_modal_projector { get; }
+    /// <summary>The projector; null for DeepSeek-VL hybrid, whose <see cref="aligner"/> takes both resolutions.</summary>
+    public LlavaMultiModalProjector? multi_modal_projector { get; }
+
+    /// <summary>DeepSeek-VL hybrid's SAM encoder ("high_res_vision_model.vision_encoder"); null otherwise.</summary>
+    public SamVisionModel? high_res_vision_model { get; }
+
+    /// <summary>DeepSeek-VL hybrid's neck for the first global layer's states; null otherwise.</summary>
+    public SamVisionNeck? high_res_vision_neck { get; }
+
+    /// <summary>DeepSeek-VL hybrid's downsampler from the SAM grid to the SigLIP grid, shared by both necks; null otherwise.</summary>
+    public SamVisionProj? high_res_vision_proj { get; }
+
+    /// <summary>DeepSeek-VL hybrid's weight of the global-layer branch; null otherwise.</summary>
+    public Parameter? high_res_vision_alpha { get; }
+
+    /// <summary>DeepSeek-VL hybrid's aligner; null otherwise.</summary>
+    public HybridAligner? aligner { get; }
 
     public LlamaModel language_model { get; }
 
@@ -88,8 +124,11 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
     /// <summary>LLaVA-NeXT's learned end-of-row embedding, appended after each row of grid features; null otherwise.</summary>
     public Parameter? image_newline { get; }
 
-    /// <summary>pixels [N, C, H, W] to image embeddings [N, tokens per image, D] in the decoder's space.</summary>
-    public Tensor EncodeImages(Tensor pixels)
+    /// <summary>
+    /// pixels [N, C, H, W] to image embeddings [N, tokens per image, D] in the decoder's space. DeepSeek-VL hybrid also
+    /// needs the same images at high resolution (<paramref name="highResPixels"/>, [N, C, S, S]).
+    /// </summary>
+    public Tensor EncodeImages(Tensor pixels, Tensor? highResPixels = null)
     {
         using var scope = NewDisposeScope();
         var features = vision_tower.forward(pixels.to(DType, Device));
@@ -98,7 +137,28 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
             features = features.narrow(1, 1, features.shape[1] - 1);
         }
 
-        return multi_modal_projector.forward(features).MoveToOuterDisposeScope();
+        if (aligner is not null)
+        {
+            var high = highResPixels ?? throw new PruneKernelException("DeepSeek-VL hybrid needs each image at high resolution as well.");
+            return aligner.forward(features, HighResFeatures(high.to(DType, Device))).MoveToOuterDisposeScope();
+        }
+
+        return multi_modal_projector!.forward(features).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// DeepSeek-VL hybrid's high-resolution features [N, tokens, 4·output_channels]: the SAM encoder's neck output and
+    /// the second neck over its first global layer, each downsampled to the SigLIP grid, summed with the learned weight
+    /// on the global branch, then flattened row by row (transformers' get_high_res_image_features).
+    /// </summary>
+    internal Tensor HighResFeatures(Tensor pixels)
+    {
+        using var scope = NewDisposeScope();
+        var high = Config.HighResVision!;
+        var (last, tap) = high_res_vision_model!.vision_encoder.forward(pixels, high.GlobalAttentionIndexes[0]);
+        var fused = high_res_vision_proj!.forward(last) + (high_res_vision_proj.forward(high_res_vision_neck!.forward(tap)) * high_res_vision_alpha!);
+        var nhwc = fused.permute(0, 2, 3, 1);
+        return nhwc.reshape(nhwc.shape[0], -1, nhwc.shape[3]).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -106,10 +166,10 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
     /// features. LLaVA-NeXT returns the whole-image tile's features, then the grid's features as one map with the padding
     /// around the fitted image cut away and <see cref="image_newline"/> after every row (transformers' pack_image_features).
     /// </summary>
-    public Tensor EncodeImage(Tensor tiles, (int Height, int Width)? originalSize)
+    public Tensor EncodeImage(Tensor tiles, (int Height, int Width)? originalSize, Tensor? highResTiles = null)
     {
         using var scope = NewDisposeScope();
-        var features = EncodeImages(tiles);
+        var features = EncodeImages(tiles, highResTiles);
         if (image_newline is null)
         {
             return features.reshape(1, -1, features.shape[^1]).MoveToOuterDisposeScope();
@@ -155,7 +215,7 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
             ? nn.functional.max_pool2d(grid, stride, stride)
             : nn.functional.avg_pool2d(grid, stride, stride);
         var tokens = pooled.flatten(2).transpose(1, 2);
-        return multi_modal_projector.forward(tokens).reshape(1, -1, Config.Text.HiddenSize).MoveToOuterDisposeScope();
+        return multi_modal_projector!.forward(tokens).reshape(1, -1, Config.Text.HiddenSize).MoveToOuterDisposeScope();
     }
 
     /// <summary>Token embeddings [B, T, D] for text-only ids [B, T] (decoding steps): no image-slot check, so no host sync.</summary>

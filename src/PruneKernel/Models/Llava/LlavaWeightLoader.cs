@@ -26,6 +26,9 @@ internal static class LlavaWeightLoader
         ("model.vision_model.", "vision_tower.vision_model."),
         ("model.aligner.linear1.", "multi_modal_projector.linear_1."),
         ("model.aligner.linear2.", "multi_modal_projector.linear_2."),
+        // DeepSeek-VL hybrid: its SAM encoder, necks, downsampler and fusing aligner keep their own names.
+        ("model.aligner.", "aligner."),
+        ("model.high_res_vision_", "high_res_vision_"),
     ];
 
     /// <summary>Our parameter name for a checkpoint key, or null for keys that belong to no known part.</summary>
@@ -48,7 +51,8 @@ internal static class LlavaWeightLoader
 
         return name.StartsWith("language_model.", StringComparison.Ordinal) || name.StartsWith("lm_head.", StringComparison.Ordinal)
             || name.StartsWith("vision_tower.", StringComparison.Ordinal) || name.StartsWith("multi_modal_projector.", StringComparison.Ordinal)
-            || name == "image_newline"
+            || name == "image_newline" || name.StartsWith("aligner.", StringComparison.Ordinal)
+            || name.StartsWith("high_res_vision_", StringComparison.Ordinal)
             ? name
             : null;
     }
