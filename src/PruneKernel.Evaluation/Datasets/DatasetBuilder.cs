@@ -15,7 +15,7 @@ namespace PruneKernel.Evaluation.Datasets;
 public static class DatasetBuilder
 {
     /// <summary>Changes whenever the same options would produce different files.</summary>
-    public const string GeneratorVersion = "1";
+    public const string GeneratorVersion = "2";
 
     private const string ImageFolder = "images";
 

@@ -53,6 +53,9 @@ internal static class QuestionFactory
     public static (Scene Scene, SceneQuestion Question) Create(DeterministicRandom rng, QuestionKind kind, string sceneId, int imageSize)
     {
         var all = SceneVocabulary.Kinds;
+        // Drawn once, outside the retries, so that scenes that are hard to place (many instances) keep their share.
+        var existencePresent = rng.Chance(0.5);
+        var count = rng.NextInclusive(1, 4);
         for (var attempt = 0; attempt < SceneTries; attempt++)
         {
             var total = rng.NextInclusive(2, 6);
@@ -60,8 +63,6 @@ internal static class QuestionFactory
             var second = rng.Pick(all.Where(k => k != target).ToList());
             List<ObjectKind> required;
             List<ObjectKind> hidden;
-            var existencePresent = false;
-            var count = 0;
             switch (kind)
             {
                 case QuestionKind.Colour:
@@ -69,12 +70,10 @@ internal static class QuestionFactory
                     hidden = [target];
                     break;
                 case QuestionKind.Existence:
-                    existencePresent = rng.Chance(0.5);
                     required = existencePresent ? [target] : [];
                     hidden = [target];
                     break;
                 case QuestionKind.Count:
-                    count = rng.NextInclusive(1, 4);
                     total = Math.Max(total, count + rng.Next(2));
                     required = [.. Enumerable.Repeat(target, count)];
                     hidden = [target];
