@@ -50,7 +50,7 @@ public sealed record DatasetBuildOptions
         Require(!string.IsNullOrWhiteSpace(ModelFolder), "--model: a model folder is required.");
         Require(Scenes is > 0 and <= 10_000_000, $"--scenes: {Scenes} must be between 1 and 10000000.");
         Require(Groups.Count > 0, "--groups: at least one length group is required.");
-        Require(Groups.All(g => g is >= 50 and <= 100_000), "--groups: every group must be between 50 and 100000 tokens.");
+        Require(Groups.All(g => g is >= 80 and <= 100_000), "--groups: every group must be between 80 and 100000 tokens.");
         Require(Groups.Distinct().Count() == Groups.Count, "--groups: groups must be distinct.");
         Require(Variants.Count > 0 && Variants.All(v => AllVariants.Contains(v)), $"--variants: use {string.Join(", ", AllVariants)} (got {string.Join(",", Variants)}).");
         Require(Variants.Distinct().Count() == Variants.Count, "--variants: variants must be distinct.");

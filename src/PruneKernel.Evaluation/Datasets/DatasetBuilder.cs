@@ -15,13 +15,14 @@ namespace PruneKernel.Evaluation.Datasets;
 public static class DatasetBuilder
 {
     /// <summary>Changes whenever the same options would produce different files.</summary>
-    public const string GeneratorVersion = "2";
+    public const string GeneratorVersion = "3";
 
     private const string ImageFolder = "images";
 
     /// <summary>Writes &lt;split&gt;.jsonl, the PNGs and manifest.json under <see cref="DatasetBuildOptions.OutputFolder"/>.</summary>
     /// <exception cref="DatasetOptionsException">An option is invalid.</exception>
     /// <exception cref="TokenizerException">The model folder's tokenizer or chat template cannot be loaded.</exception>
+    /// <exception cref="DatasetGenerationException">A row cannot be built (a length group too short for its question).</exception>
     public static DatasetBuildResult Build(DatasetBuildOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -48,7 +49,15 @@ public static class DatasetBuilder
             CancellationToken = cancellationToken,
             MaxDegreeOfParallelism = options.MaxDegreeOfParallelism ?? Environment.ProcessorCount,
         };
-        Parallel.For(0, options.Scenes, parallel, i => perScene[i] = BuildScene(options, counter, kinds, i));
+        try
+        {
+            Parallel.For(0, options.Scenes, parallel, i => perScene[i] = BuildScene(options, counter, kinds, i));
+        }
+        catch (AggregateException e) when (e.InnerExceptions.OfType<PruneKernelException>().FirstOrDefault() is { } first)
+        {
+            // One readable error, not a wrapped list, for bad options that every scene runs into.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+        }
 
         var rows = perScene.SelectMany(r => r).ToList();
         var jsonl = Path.Combine(options.OutputFolder, options.Split + ".jsonl");
@@ -97,9 +106,19 @@ public static class DatasetBuilder
                 SceneId = sceneId,
                 Misleading = misleading,
             };
-            var (turns, tokens) = fitter.Fit(writer, groupRng, t => template with { Context = t }, group, misleading ? question.MisleadingCue : null);
+            List<ContextTurn> turns;
+            int tokens;
+            try
+            {
+                (turns, tokens) = fitter.Fit(writer, groupRng, t => template with { Context = t }, group, misleading ? question.MisleadingCue : null);
+            }
+            catch (DatasetGenerationException e)
+            {
+                throw new DatasetGenerationException($"--groups: scene {sceneId}, group {group}: {e.Message}", e);
+            }
+
             // The writer filters every sentence; this guards the promise the benchmark rests on.
-            if (turns.FirstOrDefault(t => writer.ContainsForbidden(t.Content)) is { } leak)
+            if (turns.FirstOrDefault(t => writer.ContainsAnswer(t.Content)) is { } leak)
             {
                 throw new InvalidOperationException($"{sceneId}: context names the answer '{question.Answer}': {leak.Content}");
             }

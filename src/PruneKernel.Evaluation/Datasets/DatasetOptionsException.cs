@@ -12,3 +12,16 @@ public sealed class DatasetOptionsException : PruneKernelException
     /// <summary>Creates the exception with a message and a cause.</summary>
     public DatasetOptionsException(string message, Exception innerException) : base(message, innerException) { }
 }
+
+/// <summary>The generator could not build a row with the given options (for example a length group too short for a question).</summary>
+public sealed class DatasetGenerationException : PruneKernelException
+{
+    /// <summary>Creates the exception.</summary>
+    public DatasetGenerationException() : base("dataset generation failed") { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public DatasetGenerationException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public DatasetGenerationException(string message, Exception innerException) : base(message, innerException) { }
+}

@@ -111,6 +111,16 @@ public sealed class DatasetBuilderTests(BuiltDataset data) : IClassFixture<Built
                 Assert.DoesNotContain(" " + BenchmarkPrompt.Normalize(answer) + " ", words, StringComparison.Ordinal);
             }
 
+            // No other answer of the same kind appears either (outside the misleading cue, which names a wrong one),
+            // so a missing word does not give the answer away.
+            if (!row.Misleading)
+            {
+                foreach (var word in AnswersOfKind(row.Kind!))
+                {
+                    Assert.DoesNotContain(" " + word + " ", words, StringComparison.Ordinal);
+                }
+            }
+
             // The question names its object kind(s); outside the misleading cue the context never does.
             var question = " " + BenchmarkPrompt.Normalize(row.Question) + " ";
             var kind = SceneVocabulary.Kinds.Where(k => question.Contains(" " + k.Plural + " ", StringComparison.Ordinal)
@@ -182,6 +192,14 @@ public sealed class DatasetBuilderTests(BuiltDataset data) : IClassFixture<Built
         Assert.Equal(tokenizer.Encode(text).Count - 1, counter.Count(row));
         Assert.Equal(row.TextTokens, counter.Count(row));
     }
+
+    private static IEnumerable<string> AnswersOfKind(string kind) => kind switch
+    {
+        "colour" => SceneVocabulary.Colours.SelectMany(c => c.Aliases.Prepend(c.Name)),
+        "existence" => ["yes", "no"],
+        "count" => ["1", "2", "3", "4", "5", "one", "two", "three", "four", "five"],
+        _ => ["left", "right", "above", "below"],
+    };
 
     private static (byte R, byte G, byte B) Pixel(RgbImage image, int x, int y)
     {

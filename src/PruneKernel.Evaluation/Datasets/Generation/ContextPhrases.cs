@@ -94,7 +94,11 @@ internal static class ContextPhrases
     [
         "Indeed.", "Sure.", "Certainly.", "Noted.", "Of course.", "I agree.", "Good question.", "That makes sense.",
         "Absolutely.", "Fair enough.", "Interesting.", "Quite so.", "Exactly.", "Thanks.", "I see.", "Okay.",
+        // Single words without a full stop: one token, for the last step of fitting short groups.
+        "Sure", "Okay", "Indeed", "Thanks",
     ];
+
+    public static readonly string[] ShortRequests = ["Look at this.", "Here is a picture.", "See this image.", "A drawing for you."];
 
     public static readonly (string Question, string Answer)[] GeneralQa =
     [

@@ -27,7 +27,8 @@ internal sealed class ContextWriter
 {
     private readonly DeterministicRandom _rng;
     private readonly Scene _scene;
-    private readonly HashSet<string> _forbiddenWords;
+    private readonly HashSet<string> _answerWords;
+    private readonly HashSet<string> _suppressedWords;
     private readonly string[] _hiddenPhrases;
     private readonly List<SceneObject> _visible;
     private readonly List<string> _generic = [];
@@ -37,19 +38,22 @@ internal sealed class ContextWriter
     {
         _rng = rng;
         _scene = scene;
-        _forbiddenWords = new HashSet<string>(question.Forbidden.Select(BenchmarkPrompt.Normalize), StringComparer.Ordinal);
+        _answerWords = new HashSet<string>(question.Forbidden.Select(BenchmarkPrompt.Normalize), StringComparer.Ordinal);
+        _suppressedWords = new HashSet<string>(question.Suppressed.Concat(question.Forbidden).Select(BenchmarkPrompt.Normalize), StringComparer.Ordinal);
         _hiddenPhrases = [.. question.HiddenKinds.SelectMany(k => new[] { k.Name, k.Plural })];
         _visible = [.. scene.Objects.Where(o => !question.HiddenKinds.Contains(o.Kind))];
     }
 
-    /// <summary>Whether <paramref name="sentence"/> is free of the answer's words and of the hidden kinds.</summary>
-    public bool Allowed(string sentence) => !ContainsForbidden(sentence) && !MentionsHidden(sentence);
+    /// <summary>Whether <paramref name="sentence"/> is free of every possible answer of the question's kind and of the hidden kinds.</summary>
+    public bool Allowed(string sentence) => !Contains(_suppressedWords, sentence) && !MentionsHidden(sentence);
 
-    /// <summary>Whether the sentence contains an answer word or alias (whole words, case- and punctuation-insensitive).</summary>
-    public bool ContainsForbidden(string sentence)
+    /// <summary>Whether the sentence contains the answer or an alias (whole words, case- and punctuation-insensitive).</summary>
+    public bool ContainsAnswer(string sentence) => Contains(_answerWords, sentence);
+
+    private static bool Contains(HashSet<string> words, string sentence)
     {
         var padded = " " + BenchmarkPrompt.Normalize(sentence) + " ";
-        return _forbiddenWords.Any(w => padded.Contains(" " + w + " ", StringComparison.Ordinal));
+        return words.Any(w => padded.Contains(" " + w + " ", StringComparison.Ordinal));
     }
 
     private bool MentionsHidden(string sentence)
@@ -79,6 +83,10 @@ internal sealed class ContextWriter
 
         return Style() ?? new Exchange("Please go on.", [new Sentence(ShortFiller(), false)]);
     }
+
+    /// <summary>A brief exchange (about ten tokens) for short groups.</summary>
+    public Exchange ShortExchange() =>
+        new(_rng.Pick(ContextPhrases.ShortRequests), [new Sentence(ShortFiller(), true)]);
 
     /// <summary>A generic sentence that passes the checks (for growing a reply), cycling through a shuffled deck.</summary>
     public string GenericSentence()
@@ -136,7 +144,7 @@ internal sealed class ContextWriter
     {
         var colour = o.Colour.Name;
         var size = withSize ? SizeWord(o.Size) + " " : "";
-        return ContainsForbidden(colour) || o.Colour.Aliases.Any(ContainsForbidden) ? $"{size}{o.Kind}" : $"{size}{colour} {o.Kind}";
+        return Allowed(colour) ? $"{size}{colour} {o.Kind}" : $"{size}{o.Kind}";
     }
 
     private string SizeWord(SizeClass size) => size switch
@@ -151,6 +159,18 @@ internal sealed class ContextWriter
         var third = _scene.Size / 3f;
         var col = o.CentreX < third ? 0 : o.CentreX > 2 * third ? 2 : 1;
         var row = o.CentreY < third ? 0 : o.CentreY > 2 * third ? 2 : 1;
+        var full = GridPhrase(row, col);
+        // Position questions suppress left/right: fall back to the row alone rather than lose the sentence.
+        return Allowed(full) ? full : row switch
+        {
+            0 => "in the upper part of the picture",
+            1 => "halfway down the picture",
+            _ => "in the lower part of the picture",
+        };
+    }
+
+    private static string GridPhrase(int row, int col)
+    {
         return (row, col) switch
         {
             (0, 0) => "in the upper left corner",

@@ -11,7 +11,8 @@ internal enum QuestionKind
 
 /// <summary>
 /// A scene's final question with what the context must respect: <see cref="Forbidden"/> words (the answer and its
-/// aliases) never appear, <see cref="HiddenKinds"/> are never mentioned except by the misleading cue.
+/// aliases) never appear, nor do the other <see cref="Suppressed"/> answers of the same kind (so the absence of a word
+/// tells a text-only reader nothing), and <see cref="HiddenKinds"/> are never mentioned except by the misleading cue.
 /// </summary>
 internal sealed record SceneQuestion(
     QuestionKind Kind,
@@ -25,6 +26,16 @@ internal sealed record SceneQuestion(
     string MisleadingCue)
 {
     public IEnumerable<string> Forbidden => [Answer, .. Aliases];
+
+    /// <summary>Every possible answer of this question kind, with aliases (a superset of <see cref="Forbidden"/>).</summary>
+    public IEnumerable<string> Suppressed => Kind switch
+    {
+        QuestionKind.Colour => SceneVocabulary.Colours.SelectMany(c => c.Aliases.Prepend(c.Name)),
+        QuestionKind.Existence => ["yes", "no"],
+        QuestionKind.Count => Enumerable.Range(0, SceneVocabulary.NumberWords.Length)
+            .SelectMany(n => new[] { n.ToString(System.Globalization.CultureInfo.InvariantCulture), SceneVocabulary.NumberWords[n] }),
+        _ => ["left", "right", "above", "below"],
+    };
 }
 
 /// <summary>Plans a scene for a question kind, samples it, and words the question and a misleading cue.</summary>
@@ -129,7 +140,10 @@ internal static class QuestionFactory
         var cue = present
             ? rng.Pick<string>([$"Pictures like this one rarely contain {a} {kind}.", $"{Capital(a)} {kind} would be unusual in a scene like this.", $"{Capital(kind.Plural)} are almost never drawn in such compositions."])
             : rng.Pick<string>([$"{Capital(kind.Plural)} appear in almost every picture of this kind.", $"Scenes like this one nearly always include {a} {kind}.", $"{Capital(a)} {kind} is a typical part of such drawings."]);
-        return new SceneQuestion(QuestionKind.Existence, text, present ? "yes" : "no", [], target, target?.Box, target?.Size, [kind], cue);
+        // Without the target, one present kind is kept out of the text too, so that how many objects the context
+        // describes does not tell "yes" from "no".
+        IReadOnlyList<ObjectKind> hidden = present ? [kind] : [kind, rng.Pick(scene.Objects).Kind];
+        return new SceneQuestion(QuestionKind.Existence, text, present ? "yes" : "no", [], target, target?.Box, target?.Size, hidden, cue);
     }
 
     private static SceneQuestion Count(DeterministicRandom rng, Scene scene, ObjectKind kind, int count)

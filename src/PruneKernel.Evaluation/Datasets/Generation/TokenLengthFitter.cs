@@ -21,11 +21,11 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
             throw new DatasetOptionsException($"--groups: {target} tokens is shorter than the question alone ({bare} tokens).");
         }
 
-        // A short group can be missed when the only exchange is long and cannot shrink; fresh exchanges then fit.
+        // A short group can be missed when the only exchange is long and cannot shrink; fresh, shorter exchanges then fit.
         var best = (Turns: new List<ContextTurn>(), Tokens: bare);
         for (var attempt = 0; attempt < Attempts; attempt++)
         {
-            var fitted = FitOnce(writer, rng, makeItem, target, cue, bare);
+            var fitted = FitOnce(writer, rng, makeItem, target, cue, bare, shortBelow: 40 * (attempt + 1));
             if (Math.Abs(target - fitted.Tokens) <= tolerance)
             {
                 return fitted;
@@ -34,11 +34,11 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
             best = Math.Abs(target - fitted.Tokens) < Math.Abs(target - best.Tokens) ? fitted : best;
         }
 
-        throw new InvalidOperationException($"could not fit a context to {target} tokens within 2 % (closest: {best.Tokens})");
+        throw new DatasetGenerationException($"could not fit a context to {target} tokens within 2 % (closest: {best.Tokens}, the question alone: {bare}); use a larger group.");
     }
 
     private (List<ContextTurn> Turns, int Tokens) FitOnce(
-        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue, int bare)
+        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue, int bare, int shortBelow)
     {
         var exchanges = new List<Exchange>();
         int Measure() => counter.Count(makeItem(Turns(exchanges)));
@@ -48,7 +48,9 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
         var estimate = tokens;
         while (estimate < target)
         {
-            var exchange = writer.Next();
+            // Near the target a full exchange (30-150 tokens) would overshoot a short group; a short one fits.
+            // Later attempts switch to short exchanges earlier.
+            var exchange = target - estimate < shortBelow ? writer.ShortExchange() : writer.Next();
             exchanges.Add(exchange);
             estimate += TurnOverhead + counter.Estimate(exchange.User) + exchange.Assistant.Sum(s => counter.Estimate(s.Text));
         }
@@ -57,7 +59,7 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
         {
             if (exchanges.Count == 0)
             {
-                exchanges.Add(writer.Next());
+                exchanges.Add(writer.ShortExchange());
             }
 
             var host = exchanges[rng.Next(exchanges.Count)];
@@ -65,8 +67,8 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
             host.Locked = true;
         }
 
-        // Aim inside half the allowed band, so the recorded count sits well within +-2 %.
-        var aim = Math.Max(1, tolerance / 2);
+        // Aim at a quarter of the allowed band (0.5 %), so counts centre on the group instead of its upper edge.
+        var aim = Math.Max(1, tolerance / 4);
         tokens = Measure();
         for (var step = 0; step < MaxAdjustments && Math.Abs(target - tokens) > aim; step++)
         {
