@@ -15,7 +15,7 @@ namespace PruneKernel.Evaluation.Datasets;
 public static class DatasetBuilder
 {
     /// <summary>Changes whenever the same options would produce different files.</summary>
-    public const string GeneratorVersion = "3";
+    public const string GeneratorVersion = "4";
 
     private const string ImageFolder = "images";
 

@@ -44,7 +44,7 @@ internal static class ShapePaths
         "crescent" => Difference(Circle(0.5f, 0.5f, 0.5f), Circle(0.7f, 0.4f, 0.42f)),
         "ring" => Difference(Circle(0.5f, 0.5f, 0.5f), Circle(0.5f, 0.5f, 0.3f)),
         "house" => Polygon((0.5f, 0.02f), (1f, 0.48f), (0.86f, 0.48f), (0.86f, 1f), (0.14f, 1f), (0.14f, 0.48f), (0f, 0.48f)),
-        "tree" => Union(Circle(0.5f, 0.36f, 0.34f), Polygon((0.15f, 0.62f), (0.85f, 0.62f), (0.5f, 0.2f)), Rect(0.41f, 0.6f, 0.59f, 1f)),
+        "tree" => Union(Polygon((0.5f, 0f), (0.82f, 0.42f), (0.18f, 0.42f)), Polygon((0.5f, 0.2f), (0.95f, 0.8f), (0.05f, 0.8f)), Rect(0.41f, 0.76f, 0.59f, 1f)),
         "sun" => Sun(),
         "cloud" => Union(Circle(0.28f, 0.62f, 0.22f), Circle(0.52f, 0.45f, 0.3f), Circle(0.76f, 0.62f, 0.22f), Rect(0.28f, 0.6f, 0.76f, 0.84f)),
         "flower" => Flower(),
