@@ -12,7 +12,7 @@ internal sealed class Exchange(string user, List<Sentence> assistant)
 
     public List<Sentence> Assistant { get; } = assistant;
 
-    /// <summary>Holds the misleading cue: never removed.</summary>
+    /// <summary>Holds the misleading cue: the exchange is never removed (its removable sentences may be).</summary>
     public bool Locked { get; set; }
 
     public string AssistantText => string.Join(" ", Assistant.Select(s => s.Text));
@@ -20,8 +20,9 @@ internal sealed class Exchange(string user, List<Sentence> assistant)
 
 /// <summary>
 /// Writes the turns of a scene's context in the four styles of SVIT's annotations (conversation, complex reasoning,
-/// referring QA with normalised boxes, detailed description). Only objects whose kind the question hides are left out,
-/// and every sentence is checked against the answer's words, so the context describes the image without answering.
+/// referring QA with normalised boxes, detailed description). Objects whose kind the question hides are left out, and
+/// every sentence is checked against every possible answer of the question's kind, so the context describes the image
+/// without answering and without giving the answer away by omission.
 /// </summary>
 internal sealed class ContextWriter
 {
