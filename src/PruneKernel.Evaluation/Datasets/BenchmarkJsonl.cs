@@ -112,13 +112,25 @@ public static class BenchmarkJsonl
         Require(path, lineNumber, !string.IsNullOrWhiteSpace(item.Image), "'image' is empty");
         Require(path, lineNumber, !string.IsNullOrWhiteSpace(item.Question), "'question' is empty");
         Require(path, lineNumber, !string.IsNullOrWhiteSpace(item.Answer), "'answer' is empty");
-        foreach (var turn in item.Context)
+        Require(path, lineNumber, item.Context is not null, "'context' is null");
+        foreach (var turn in item.Context!)
         {
+            if (turn is null)
+            {
+                throw new BenchmarkFormatException(path, lineNumber, "a context turn is null");
+            }
+
             Require(path, lineNumber, turn.Role is "user" or "assistant", $"context role '{turn.Role}' is not 'user' or 'assistant'");
+            Require(path, lineNumber, turn.Content is not null, "a context turn has no 'content'");
         }
 
         Require(path, lineNumber, item.Variant is "image" or "white" or "black", $"variant '{item.Variant}' is not 'image', 'white' or 'black'");
         Require(path, lineNumber, item.BoundingBox is null || (item.BoundingBox.Width > 0 && item.BoundingBox.Height > 0), "'bbox' has a non-positive size");
+        Require(path, lineNumber, item.BoundingBox is null || (item.BoundingBox.X >= 0 && item.BoundingBox.Y >= 0), "'bbox' has a negative corner");
+        Require(path, lineNumber, item.SizeClass is null or "small" or "medium" or "large", $"size_class '{item.SizeClass}' is not 'small', 'medium' or 'large'");
+        Require(path, lineNumber, item.LengthGroup is null or > 0, "'length_group' must be positive");
+        Require(path, lineNumber, item.TextTokens is null or > 0, "'text_tokens' must be positive");
+        Require(path, lineNumber, item.AnswerAliases is not null && item.AnswerAliases.All(a => !string.IsNullOrWhiteSpace(a)), "'answer_aliases' has an empty entry");
         return item;
     }
 
