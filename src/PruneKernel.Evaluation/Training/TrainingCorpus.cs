@@ -48,20 +48,34 @@ internal sealed class TrainingCorpus : IDisposable
         var imageIndex = imagePaths.Select((p, i) => (p, i)).ToDictionary(x => x.p, x => x.i, StringComparer.Ordinal);
         var pixels = new PixelValues[imagePaths.Count];
         var parallel = new ParallelOptions { CancellationToken = cancellationToken };
-        Parallel.For(0, imagePaths.Count, parallel, i => pixels[i] = processor.Preprocess(ImageDecoder.Load(imagePaths[i])));
         var examples = new TrainingExample[items.Count];
-        // The tokenizer's lookup tables are only read while encoding, so rows tokenise in parallel.
-        Parallel.For(0, items.Count, parallel, i =>
-            examples[i] = Tokenise(items[i], i + 1, jsonlPath, tokenizer, template, config, trainContextTurns,
-                imageIndex[BenchmarkJsonl.ResolveImagePath(jsonlPath, items[i])], pixels[0]));
-        var first = pixels[0];
-        var data = new float[pixels.Length * first.Data.Length];
-        for (var i = 0; i < pixels.Length; i++)
+        try
         {
-            pixels[i].Data.CopyTo(data, (long)i * first.Data.Length);
+            Parallel.For(0, imagePaths.Count, parallel, i => pixels[i] = processor.Preprocess(ImageDecoder.Load(imagePaths[i])));
+            // The tokenizer's lookup tables are only read while encoding, so rows tokenise in parallel.
+            Parallel.For(0, items.Count, parallel, i =>
+                examples[i] = Tokenise(items[i], i + 1, jsonlPath, tokenizer, template, config, trainContextTurns,
+                    imageIndex[BenchmarkJsonl.ResolveImagePath(jsonlPath, items[i])], pixels[0]));
+        }
+        catch (AggregateException e) when (e.InnerExceptions.OfType<PruneKernelException>().Any())
+        {
+            // One typed error, the same every run, rather than the parallel loop's aggregate.
+            throw e.InnerExceptions.OfType<PruneKernelException>().OrderBy(x => x.Message, StringComparer.Ordinal).First();
         }
 
-        var tensor = torch.tensor(data, [pixels.Length, first.Channels, first.Height, first.Width]).to(device).DetachFromDisposeScope();
+        // Copied to the device in chunks: thousands of 224-pixel images would not fit one managed array.
+        var first = pixels[0];
+        var tensor = torch.empty([pixels.Length, first.Channels, first.Height, first.Width], dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();
+        using (var noGrad = torch.no_grad())
+        {
+            foreach (var chunk in Enumerable.Range(0, pixels.Length).Chunk(256))
+            {
+                using var scope = NewDisposeScope();
+                var data = chunk.SelectMany(i => pixels[i].Data).ToArray();
+                tensor.narrow(0, chunk[0], chunk.Length).copy_(torch.tensor(data, [chunk.Length, first.Channels, first.Height, first.Width]));
+            }
+        }
+
         return new TrainingCorpus(examples, items, tensor);
     }
 
