@@ -110,13 +110,13 @@ public sealed record LlavaModelSpec
         ["text_config"] = new JsonObject
         {
             ["attention_bias"] = false,
-            ["attention_dropout"] = 0.0,
+            ["attention_dropout"] = F(0.0),
             ["bos_token_id"] = 1,
             ["eos_token_id"] = 2,
             ["head_dim"] = HiddenSize / Heads,
             ["hidden_act"] = "silu",
             ["hidden_size"] = HiddenSize,
-            ["initializer_range"] = 0.02,
+            ["initializer_range"] = F(0.02),
             ["intermediate_size"] = IntermediateSize,
             ["max_position_embeddings"] = MaxPositionEmbeddings,
             ["mlp_bias"] = false,
@@ -126,8 +126,8 @@ public sealed record LlavaModelSpec
             ["num_key_value_heads"] = Heads,
             ["pad_token_id"] = 32001,
             ["pretraining_tp"] = 1,
-            ["rms_norm_eps"] = 1e-05,
-            ["rope_parameters"] = new JsonObject { ["rope_theta"] = 10000.0, ["rope_type"] = "default" },
+            ["rms_norm_eps"] = F(1e-05),
+            ["rope_parameters"] = new JsonObject { ["rope_theta"] = F(10000.0), ["rope_type"] = "default" },
             ["tie_word_embeddings"] = TieWordEmbeddings,
             ["use_cache"] = true,
             ["vocab_size"] = VocabSize,
@@ -136,14 +136,14 @@ public sealed record LlavaModelSpec
         ["transformers_version"] = "5.17.0",
         ["vision_config"] = new JsonObject
         {
-            ["attention_dropout"] = 0.0,
+            ["attention_dropout"] = F(0.0),
             ["hidden_act"] = "quick_gelu",
             ["hidden_size"] = VisionHiddenSize,
             ["image_size"] = ImageSize,
-            ["initializer_factor"] = 1.0,
-            ["initializer_range"] = 0.02,
+            ["initializer_factor"] = F(1.0),
+            ["initializer_range"] = F(0.02),
             ["intermediate_size"] = VisionIntermediateSize,
-            ["layer_norm_eps"] = 1e-05,
+            ["layer_norm_eps"] = F(1e-05),
             ["model_type"] = "clip_vision_model",
             ["num_attention_heads"] = VisionHeads,
             ["num_channels"] = 3,
@@ -156,6 +156,16 @@ public sealed record LlavaModelSpec
         ["vision_feature_select_strategy"] = "default",
     };
 
+    /// <summary>
+    /// A float that keeps its decimal point in JSON ("1.0", not "1"): transformers' strict config dataclasses reject an
+    /// int where a float is declared.
+    /// </summary>
+    private static JsonNode F(double value)
+    {
+        var text = value.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        return JsonNode.Parse(text.Contains('.', StringComparison.Ordinal) || text.Contains('E', StringComparison.Ordinal) ? text : text + ".0")!;
+    }
+
     /// <summary>preprocessor_config.json: CLIP's resize / centre crop / normalisation at this tower's size.</summary>
     public JsonObject PreprocessorJson() => new()
     {
@@ -165,11 +175,11 @@ public sealed record LlavaModelSpec
         ["do_normalize"] = true,
         ["do_rescale"] = true,
         ["do_resize"] = true,
-        ["image_mean"] = new JsonArray(0.48145466, 0.4578275, 0.40821073),
+        ["image_mean"] = new JsonArray(F(0.48145466), F(0.4578275), F(0.40821073)),
         ["image_processor_type"] = "CLIPImageProcessor",
-        ["image_std"] = new JsonArray(0.26862954, 0.26130258, 0.27577711),
+        ["image_std"] = new JsonArray(F(0.26862954), F(0.26130258), F(0.27577711)),
         ["resample"] = 3,
-        ["rescale_factor"] = 0.00392156862745098,
+        ["rescale_factor"] = F(0.00392156862745098),
         ["size"] = new JsonObject { ["shortest_edge"] = ImageSize },
     };
 }
