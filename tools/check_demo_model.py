@@ -48,6 +48,11 @@ def main():
             generated = model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
                                        max_new_tokens=20, do_sample=False)
         new = generated[0, ids.shape[1]:].tolist()
+        # Our runtime reports the tokens before EOS; transformers' sequence ends with it.
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        cut = next((k for k, t in enumerate(new) if t in eos), len(new))
+        new = new[:cut]
         diff = (theirs - ours).abs().max().item()
         worst = max(worst, diff)
         match = new == row["generated_ids"]

@@ -27,7 +27,7 @@ internal static class TrainCommand
         var tokenizer = new Option<DirectoryInfo>("--tokenizer") { Description = "Folder with tokenizer.model (+ tokenizer.json, tokenizer_config.json, chat template) to copy.", Required = true };
         var storage = new Option<string>("--storage-dtype") { Description = "bf16 or f32.", DefaultValueFactory = _ => "bf16" };
         storage.AcceptOnlyFromAmong("bf16", "f32");
-        var contextLoss = new Option<bool>("--context-loss") { Description = "Also train on the assistant turns of the context." };
+        var contextLoss = new Option<double>("--context-loss") { Description = "Weight of a language-model loss on the assistant turns of the context (0: answers only).", DefaultValueFactory = _ => 0 };
         var log = new Option<FileInfo?>("--log") { Description = "Training log JSON (default: training_log.json in --out)." };
         var accuracyRows = new Option<int>("--accuracy-rows") { Description = "Held-out rows answered greedily at the end.", DefaultValueFactory = _ => 400 };
         var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 200 };
@@ -54,7 +54,7 @@ internal static class TrainCommand
                     LearningRate = r.GetValue(lr),
                     WarmupSteps = r.GetValue(warmup),
                     Seed = r.GetValue(seed),
-                    TrainContextTurns = r.GetValue(contextLoss),
+                    ContextLossWeight = r.GetValue(contextLoss),
                 },
                 Steps = r.GetValue(steps),
                 Minutes = r.GetValue(minutes),

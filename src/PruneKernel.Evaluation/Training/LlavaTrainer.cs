@@ -30,8 +30,14 @@ public sealed record TrainingOptions
     /// <summary>Seed of the initial weights and of the batch order.</summary>
     public int Seed { get; init; }
 
-    /// <summary>Also predict the assistant turns of the context (language-model loss on them).</summary>
-    public bool TrainContextTurns { get; init; }
+    /// <summary>
+    /// Weight of a language-model loss on the assistant turns of the context (their descriptions of the scene ground words
+    /// in the image); 0 trains on the answers only.
+    /// </summary>
+    public double ContextLossWeight { get; init; }
+
+    /// <summary>Whether the assistant context turns are predicted too.</summary>
+    public bool TrainContextTurns => ContextLossWeight > 0;
 }
 
 /// <summary>
@@ -124,19 +130,31 @@ internal sealed class LlavaTrainer : IDisposable
     }
 
     /// <summary>
-    /// Logits [predicted tokens, V] at the target positions of a batch and the tokens they should predict [predicted tokens],
-    /// in row order, then position order.
+    /// Logits [predicted tokens, V] at the answer positions of a batch (answer tokens and EOS) and the tokens they should
+    /// predict, in row order, then position order.
     /// </summary>
     public (Tensor Logits, Tensor Labels) TargetLogits(IReadOnlyList<TrainingExample> batch, Tensor pixelBank)
     {
         using var scope = NewDisposeScope();
+        var (answers, _) = Forward(batch, pixelBank, withContext: false);
+        return (answers.Logits.MoveToOuterDisposeScope(), answers.Labels.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// One forward pass over a right-padded batch; logits and labels at the answer targets and (when asked and present)
+    /// at the assistant context-turn targets.
+    /// </summary>
+    private ((Tensor Logits, Tensor Labels) Answers, (Tensor Logits, Tensor Labels)? Context) Forward(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, bool withContext)
+    {
         var device = Model.Device;
         var length = batch.Max(e => e.InputIds.Length);
         var pad = Model.Config.Text.PadTokenId ?? 0;
         var ids = new long[batch.Count * length];
         Array.Fill(ids, pad);
-        var flatPositions = new List<long>();
-        var labels = new List<long>();
+        var answerPositions = new List<long>();
+        var answerLabels = new List<long>();
+        var contextPositions = new List<long>();
+        var contextLabels = new List<long>();
         for (var b = 0; b < batch.Count; b++)
         {
             var row = batch[b].InputIds;
@@ -145,41 +163,56 @@ internal sealed class LlavaTrainer : IDisposable
                 ids[(b * length) + t] = row[t];
             }
 
-            void Predict(int start, int end)
+            void Predict(int start, int end, List<long> positions, List<long> labels)
             {
                 for (var t = start; t < end; t++)
                 {
                     // Position t - 1's output predicts token t.
-                    flatPositions.Add((b * (long)length) + t - 1);
+                    positions.Add((b * (long)length) + t - 1);
                     labels.Add(row[t]);
                 }
             }
 
-            foreach (var (start, end) in batch[b].ExtraTargets)
+            if (withContext)
             {
-                Predict(start, end);
+                foreach (var (start, end) in batch[b].ExtraTargets)
+                {
+                    Predict(start, end, contextPositions, contextLabels);
+                }
             }
 
-            Predict(batch[b].TargetStart, row.Length);
+            Predict(batch[b].TargetStart, row.Length, answerPositions, answerLabels);
         }
 
         var idTensor = torch.tensor(ids, [batch.Count, length]);
         var images = pixelBank.index_select(0, torch.tensor(batch.Select(e => (long)e.ImageIndex).ToArray(), device: pixelBank.device));
         var embeds = Model.EmbedPrompt(idTensor, Model.EncodeImages(images));
-        var positions = torch.arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(batch.Count, length);
-        var hidden = Model.language_model.forward(embeds, positions, cache: null);
-        var selected = hidden.reshape(-1, hidden.shape[^1]).index_select(0, torch.tensor(flatPositions.ToArray(), device: device));
+        var positionIds = torch.arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(batch.Count, length);
+        var hidden = Model.language_model.forward(embeds, positionIds, cache: null);
+        var flat = hidden.reshape(-1, hidden.shape[^1]);
         var head = Model.Config.TieWordEmbeddings ? Model.language_model.embed_tokens.weight : Model.lm_head.weight;
-        var logits = nn.functional.linear(selected, head);
-        return (logits.MoveToOuterDisposeScope(), torch.tensor(labels.ToArray(), device: device).MoveToOuterDisposeScope());
+        (Tensor, Tensor) At(List<long> positions, List<long> labels) =>
+            (nn.functional.linear(flat.index_select(0, torch.tensor(positions.ToArray(), device: device)), head),
+             torch.tensor(labels.ToArray(), device: device));
+        return (At(answerPositions, answerLabels), contextPositions.Count > 0 ? At(contextPositions, contextLabels) : null);
     }
 
-    /// <summary>Mean cross-entropy of a batch's targets (with the graph, for <see cref="Step"/>).</summary>
+    /// <summary>
+    /// The training objective (with the graph): mean cross-entropy over the batch's answer tokens, plus
+    /// <see cref="TrainingOptions.ContextLossWeight"/> times the mean over its assistant context-turn tokens. Two means, so
+    /// the few answer tokens are not drowned by the many context tokens.
+    /// </summary>
     public Tensor Loss(IReadOnlyList<TrainingExample> batch, Tensor pixelBank)
     {
         using var scope = NewDisposeScope();
-        var (logits, labels) = TargetLogits(batch, pixelBank);
-        return nn.functional.cross_entropy(logits.to(ScalarType.Float32), labels).MoveToOuterDisposeScope();
+        var (answers, context) = Forward(batch, pixelBank, _options.ContextLossWeight > 0);
+        var loss = nn.functional.cross_entropy(answers.Logits, answers.Labels);
+        if (context is { } c)
+        {
+            loss = loss + (_options.ContextLossWeight * nn.functional.cross_entropy(c.Logits, c.Labels));
+        }
+
+        return loss.MoveToOuterDisposeScope();
     }
 
     /// <summary>One optimiser step at the given learning rate; returns the batch loss before the update.</summary>

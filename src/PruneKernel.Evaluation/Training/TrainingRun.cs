@@ -95,12 +95,28 @@ public static class TrainingRun
         var template = ChatTemplates.ForModel(folder);
         var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(folder));
         var device = TorchRuntime.ResolveDevice(options.Device);
+        var tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32);
         if (device.type == DeviceType.CUDA)
         {
             // Float32 master weights with TF32 matrix products: the model is small, so precision costs little speed.
             torch.backends.cuda.matmul.allow_tf32 = true;
             torch.backends.cudnn.allow_tf32 = true;
         }
+
+        try
+        {
+            return RunOn(options, folder, config, tokenizer, template, processor, device, storage, progress, cancellationToken);
+        }
+        finally
+        {
+            // Later inference in this process (accuracy, parity goldens) runs in true float32, as transformers does.
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = tf32;
+        }
+    }
+
+    private static JsonObject RunOn(TrainingRunOptions options, string folder, LlavaConfig config, LlamaTextTokenizer tokenizer, IChatTemplate template,
+        ClipImageProcessor processor, Device device, ScalarType storage, IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
+    {
 
         var watch = Stopwatch.StartNew();
         using var train = TrainingCorpus.Load(options.DataPath, tokenizer, template, processor, config, options.Training.TrainContextTurns, device, cancellationToken);
@@ -121,7 +137,7 @@ public static class TrainingRun
             ["weight_decay"] = options.Training.WeightDecay,
             ["clip_norm"] = options.Training.ClipNorm,
             ["seed"] = options.Training.Seed,
-            ["train_context_turns"] = options.Training.TrainContextTurns,
+            ["context_loss_weight"] = options.Training.ContextLossWeight,
             ["prepare_seconds"] = Math.Round(prepareSeconds, 2),
         };
 
@@ -206,6 +222,8 @@ public static class TrainingRun
 
         if (eval is not null && options.AccuracyRows > 0)
         {
+            torch.backends.cuda.matmul.allow_tf32 = false;
+            torch.backends.cudnn.allow_tf32 = false;
             log["accuracy"] = Accuracy(folder, options.Device, eval.Items, options.EvalDataPath!, options.AccuracyRows, cancellationToken);
         }
 

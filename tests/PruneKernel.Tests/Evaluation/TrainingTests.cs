@@ -137,6 +137,15 @@ public sealed class TrainingTests : IDisposable
         var example = corpus.Examples[2];
         var (start, end) = Assert.Single(example.ExtraTargets);
         Assert.Contains("A picture with a few shapes and lines and lines.", tokenizer.Decode(example.InputIds[start..end], skipSpecialTokens: true), StringComparison.Ordinal);
+
+        // The weighted context term adds to the answer loss of the same weights and batch.
+        using var answersOnly = new LlavaTrainer(config, new TrainingOptions { Seed = 2 }, TorchRuntime.ResolveDevice("cpu"));
+        using var withContext = new LlavaTrainer(config, new TrainingOptions { Seed = 2, ContextLossWeight = 0.5 }, TorchRuntime.ResolveDevice("cpu"));
+        using var noGrad = torch.no_grad();
+        var batch = corpus.Examples.Take(3).ToList();
+        var plain = answersOnly.Loss(batch, corpus.Pixels).item<float>();
+        var weighted = withContext.Loss(batch, corpus.Pixels).item<float>();
+        Assert.InRange(weighted - plain, 0.5 * 5, 0.5 * 20);
     }
 
     [Fact]
