@@ -13,6 +13,7 @@ internal static class CliApp
         root.Add(ChatCommand.Create());
         root.Add(BenchCommand.Create());
         root.Add(TrainCommand.Create());
+        root.Add(DatasetCommand.Create());
         return root;
     }
 
