@@ -31,10 +31,11 @@ internal static class TrainCommand
         var log = new Option<FileInfo?>("--log") { Description = "Training log JSON (default: training_log.json in --out)." };
         var accuracyRows = new Option<int>("--accuracy-rows") { Description = "Held-out rows answered greedily at the end.", DefaultValueFactory = _ => 400 };
         var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 200 };
+        var accuracySeconds = new Option<double?>("--accuracy-seconds") { Description = "Stop answering held-out rows after this many seconds." };
         var goldenRows = new Option<int>("--golden-rows") { Description = "Write runtime reference outputs for this many held-out rows (for tools/check_demo_model.py).", DefaultValueFactory = _ => 0 };
         var goldenOut = new Option<DirectoryInfo?>("--golden-out") { Description = "Folder for golden.safetensors / golden.json." };
         var command = new Command("train", "Train a LLaVA model from scratch on benchmark rows and save it in Hugging Face format.");
-        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, log, accuracyRows, evalEvery, goldenRows, goldenOut })
+        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, log, accuracyRows, evalEvery, accuracySeconds, goldenRows, goldenOut })
         {
             command.Add(option);
         }
@@ -63,6 +64,9 @@ internal static class TrainCommand
                 LogPath = r.GetValue(log)?.FullName,
                 AccuracyRows = r.GetValue(accuracyRows),
                 EvalEvery = r.GetValue(evalEvery),
+                AccuracyMaxSeconds = r.GetValue(accuracySeconds) ?? double.PositiveInfinity,
+                GoldenRows = r.GetValue(goldenRows),
+                GoldenFolder = r.GetValue(goldenOut)?.FullName,
             };
             var progress = new SynchronousProgress(p => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"step {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  lr {p.LearningRate:E2}  {p.TokensPerSecond:F0} tok/s  {p.ElapsedSeconds:F0}s{(p.EvalLoss is double e ? $"  eval {e:F4}" : "")}")));
@@ -71,14 +75,6 @@ internal static class TrainCommand
             if (result["accuracy"] is { } accuracy)
             {
                 await console.WriteLineAsync("accuracy: " + accuracy.ToJsonString());
-            }
-
-            if (r.GetValue(goldenRows) > 0)
-            {
-                var folder = r.GetValue(goldenOut)?.FullName ?? options.OutputFolder;
-                var evalPath = options.EvalDataPath ?? options.DataPath;
-                await Task.Run(() => ParityGolden.Write(options.OutputFolder, evalPath, r.GetValue(goldenRows), options.Device, folder, ct), ct);
-                await console.WriteLineAsync($"golden outputs in {folder}");
             }
 
             return 0;

@@ -58,6 +58,15 @@ public sealed record TrainingRunOptions
     /// <summary>Held-out rows whose greedy answers are checked at the end (0: none).</summary>
     public int AccuracyRows { get; init; } = 400;
 
+    /// <summary>Stop answering held-out rows after this long (the counts say how many were answered).</summary>
+    public double AccuracyMaxSeconds { get; init; } = double.PositiveInfinity;
+
+    /// <summary>Write runtime parity goldens (<see cref="ParityGolden"/>) for this many held-out rows (0: none).</summary>
+    public int GoldenRows { get; init; }
+
+    /// <summary>Folder of the goldens; default the output folder.</summary>
+    public string? GoldenFolder { get; init; }
+
     /// <summary>The training log (JSON); default training_log.json in the output folder.</summary>
     public string? LogPath { get; init; }
 }
@@ -220,15 +229,22 @@ public static class TrainingRun
             }
         }
 
-        if (eval is not null && options.AccuracyRows > 0)
-        {
-            torch.backends.cuda.matmul.allow_tf32 = false;
-            torch.backends.cudnn.allow_tf32 = false;
-            log["accuracy"] = Accuracy(folder, options.Device, eval.Items, options.EvalDataPath!, options.AccuracyRows, cancellationToken);
-        }
-
+        // The log is written now and again after the checks, so a run stopped during them still leaves it.
         var logPath = options.LogPath ?? Path.Combine(folder, "training_log.json");
         File.WriteAllText(logPath, log.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        torch.backends.cuda.matmul.allow_tf32 = false;
+        torch.backends.cudnn.allow_tf32 = false;
+        if (options.GoldenRows > 0)
+        {
+            ParityGolden.Write(folder, options.EvalDataPath ?? options.DataPath, options.GoldenRows, options.Device, options.GoldenFolder ?? folder, cancellationToken);
+        }
+
+        if (eval is not null && options.AccuracyRows > 0)
+        {
+            log["accuracy"] = Accuracy(folder, options.Device, eval.Items, options.EvalDataPath!, options.AccuracyRows, options.AccuracyMaxSeconds, cancellationToken);
+            File.WriteAllText(logPath, log.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        }
+
         return log;
     }
 
@@ -254,8 +270,9 @@ public static class TrainingRun
     /// Greedy answers of the saved model (loaded as a user would) on up to <paramref name="rows"/> held-out rows,
     /// spread evenly over the file: accuracy per variant and length group, with counts.
     /// </summary>
-    private static JsonObject Accuracy(string folder, string device, IReadOnlyList<BenchmarkItem> items, string jsonlPath, int rows, CancellationToken ct)
+    private static JsonObject Accuracy(string folder, string device, IReadOnlyList<BenchmarkItem> items, string jsonlPath, int rows, double maxSeconds, CancellationToken ct)
     {
+        var watch = Stopwatch.StartNew();
         using var lvlm = Lvlm.Load(folder, new LvlmLoadOptions { Device = device }, ct);
         var stride = Math.Max(1, items.Count / rows);
         var tally = new SortedDictionary<string, (int Correct, int Total)>(StringComparer.Ordinal);
@@ -263,6 +280,11 @@ public static class TrainingRun
         foreach (var item in items.Where((_, i) => i % stride == 0).Take(rows))
         {
             ct.ThrowIfCancellationRequested();
+            if (watch.Elapsed.TotalSeconds > maxSeconds)
+            {
+                break;
+            }
+
             var image = ImageDecoder.Load(BenchmarkJsonl.ResolveImagePath(jsonlPath, item));
             var reply = lvlm.Generate(lvlm.CreatePrompt(BenchmarkPrompt.Messages(item), [image]), options, ct).Text;
             var key = $"{item.Variant}/{item.LengthGroup?.ToString(CultureInfo.InvariantCulture) ?? "all"}";
