@@ -12,7 +12,7 @@ internal static class TrainCommand
 {
     public static Command Create()
     {
-        var data = new Option<FileInfo>("--data") { Description = "Training rows (benchmark JSONL).", Required = true };
+        var data = new Option<FileInfo?>("--data") { Description = "Training rows (benchmark JSONL); required unless --accuracy-only." };
         var evalData = new Option<FileInfo?>("--eval-data") { Description = "Held-out rows: loss during training, greedy accuracy at the end." };
         var output = new Option<DirectoryInfo>("--out") { Description = "Model folder to write.", Required = true };
         var preset = new Option<string>("--preset") { Description = "demo or tiny.", DefaultValueFactory = _ => "demo" };
@@ -24,7 +24,7 @@ internal static class TrainCommand
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 100 };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 0 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
-        var tokenizer = new Option<DirectoryInfo>("--tokenizer") { Description = "Folder with tokenizer.model (+ tokenizer.json, tokenizer_config.json, chat template) to copy.", Required = true };
+        var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "Folder with tokenizer.model (+ tokenizer.json, tokenizer_config.json, chat template) to copy; required unless --accuracy-only." };
         var storage = new Option<string>("--storage-dtype") { Description = "bf16 or f32.", DefaultValueFactory = _ => "bf16" };
         storage.AcceptOnlyFromAmong("bf16", "f32");
         var contextLoss = new Option<double>("--context-loss") { Description = "Weight of a language-model loss on the assistant turns of the context (0: answers only).", DefaultValueFactory = _ => 0 };
@@ -34,20 +34,36 @@ internal static class TrainCommand
         var accuracySeconds = new Option<double?>("--accuracy-seconds") { Description = "Stop answering held-out rows after this many seconds." };
         var goldenRows = new Option<int>("--golden-rows") { Description = "Write runtime reference outputs for this many held-out rows (for tools/check_demo_model.py).", DefaultValueFactory = _ => 0 };
         var goldenOut = new Option<DirectoryInfo?>("--golden-out") { Description = "Folder for golden.safetensors / golden.json." };
+        var accuracyOnly = new Option<bool>("--accuracy-only") { Description = "Do not train: answer --eval-data with the model in --out and print the accuracy JSON." };
         var command = new Command("train", "Train a LLaVA model from scratch on benchmark rows and save it in Hugging Face format.");
-        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, log, accuracyRows, evalEvery, accuracySeconds, goldenRows, goldenOut })
+        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, log, accuracyRows, evalEvery, accuracySeconds, goldenRows, goldenOut, accuracyOnly })
         {
             command.Add(option);
         }
 
         command.SetAction((r, ct) => CliErrors.Run(r, async console =>
         {
+            if (r.GetValue(accuracyOnly))
+            {
+                var evalFile = r.GetValue(evalData) ?? throw new PruneKernelException("--accuracy-only needs --eval-data.");
+                var scores = await Task.Run(() => TrainingRun.Accuracy(r.GetValue(output)!.FullName, r.GetValue(device)!, evalFile.FullName,
+                    r.GetValue(accuracyRows), r.GetValue(accuracySeconds) ?? double.PositiveInfinity, ct), ct);
+                var json = scores.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true });
+                await console.WriteLineAsync(json);
+                if (r.GetValue(log) is { } logFile)
+                {
+                    await File.WriteAllTextAsync(logFile.FullName, json, ct);
+                }
+
+                return 0;
+            }
+
             var options = new TrainingRunOptions
             {
-                DataPath = r.GetValue(data)!.FullName,
+                DataPath = (r.GetValue(data) ?? throw new PruneKernelException("--data is required for training.")).FullName,
                 EvalDataPath = r.GetValue(evalData)?.FullName,
                 OutputFolder = r.GetValue(output)!.FullName,
-                TokenizerFolder = r.GetValue(tokenizer)!.FullName,
+                TokenizerFolder = (r.GetValue(tokenizer) ?? throw new PruneKernelException("--tokenizer is required for training.")).FullName,
                 Spec = LlavaModelSpec.Preset(r.GetValue(preset)!),
                 Training = new TrainingOptions
                 {

@@ -162,6 +162,7 @@ public static class TrainingRun
         double windowLoss = 0;
         var windowSteps = 0;
         var step = 0;
+        var tenth = 0.0;
         for (; step < total; step++)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -172,11 +173,17 @@ public static class TrainingRun
                     break;
                 }
 
-                // With a time budget the cosine schedule needs a length: estimate it from the speed after a warm start.
-                if (step == 30 || (options.Steps is null && step == 0))
+                // With a time budget the cosine schedule needs a length: estimate it from the speed after the first steps
+                // (which include one-off start-up costs), and again later once the speed has settled.
+                if (step == 10)
                 {
-                    var perStep = step == 0 ? 1.0 : loop.Elapsed.TotalSeconds / step;
-                    var estimate = (int)Math.Max(step + 1, b.TotalSeconds / perStep);
+                    tenth = loop.Elapsed.TotalSeconds;
+                }
+
+                if (step is 50 or 500 || (options.Steps is null && step == 0))
+                {
+                    var perStep = step == 0 ? 1.0 : (loop.Elapsed.TotalSeconds - tenth) / (step - 10);
+                    var estimate = (int)Math.Max(step + 1, step + ((b.TotalSeconds - loop.Elapsed.TotalSeconds) / perStep));
                     total = Math.Min(options.Steps ?? int.MaxValue, estimate);
                 }
             }
@@ -270,6 +277,14 @@ public static class TrainingRun
     /// Greedy answers of the saved model (loaded as a user would) on up to <paramref name="rows"/> held-out rows,
     /// spread evenly over the file: accuracy per variant and length group, with counts.
     /// </summary>
+    /// <summary>
+    /// Greedy answers of a saved model on up to <paramref name="rows"/> rows of <paramref name="jsonlPath"/>, spread evenly
+    /// over the file, stopping after <paramref name="maxSeconds"/>: accuracy per variant / length group (and per question
+    /// kind), with counts.
+    /// </summary>
+    public static JsonObject Accuracy(string folder, string device, string jsonlPath, int rows, double maxSeconds, CancellationToken ct = default) =>
+        Accuracy(folder, device, BenchmarkJsonl.Read(jsonlPath, ct), jsonlPath, rows, maxSeconds, ct);
+
     private static JsonObject Accuracy(string folder, string device, IReadOnlyList<BenchmarkItem> items, string jsonlPath, int rows, double maxSeconds, CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
@@ -288,8 +303,12 @@ public static class TrainingRun
             var image = ImageDecoder.Load(BenchmarkJsonl.ResolveImagePath(jsonlPath, item));
             var reply = lvlm.Generate(lvlm.CreatePrompt(BenchmarkPrompt.Messages(item), [image]), options, ct).Text;
             var key = $"{item.Variant}/{item.LengthGroup?.ToString(CultureInfo.InvariantCulture) ?? "all"}";
-            var (c, n) = tally.GetValueOrDefault(key);
-            tally[key] = (c + (BenchmarkPrompt.IsCorrect(item, reply) ? 1 : 0), n + 1);
+            var correct = BenchmarkPrompt.IsCorrect(item, reply) ? 1 : 0;
+            foreach (var k in new[] { key, $"{key}/{item.Kind ?? "any"}" })
+            {
+                var (c, n) = tally.GetValueOrDefault(k);
+                tally[k] = (c + correct, n + 1);
+            }
         }
 
         var result = new JsonObject();

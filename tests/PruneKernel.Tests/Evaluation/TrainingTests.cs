@@ -175,3 +175,24 @@ public sealed class TrainingTests : IDisposable
         Assert.Contains("rows.jsonl:", error.Message, StringComparison.Ordinal);
     }
 }
+
+/// <summary>The committed demonstration model (models/demo-llava-tiny).</summary>
+public sealed class DemoModelTests
+{
+    private static string Folder => Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "demo-llava-tiny"));
+
+    [Fact]
+    public void TheDemoModelIsTheDemoPresetWithinTheSizeLimitAndAnswers()
+    {
+        var size = new DirectoryInfo(Folder).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
+        Assert.InRange(size, 1, 12_000_000);
+        using var lvlm = Lvlm.Load(Folder);
+        var spec = LlavaModelSpec.Demo;
+        Assert.Equal((spec.HiddenSize, spec.Layers, spec.VisionHiddenSize, spec.ImageSize, true),
+            (lvlm.Config.Text.HiddenSize, lvlm.Config.Text.NumHiddenLayers, lvlm.Config.Vision.HiddenSize, lvlm.Config.Vision.ImageSize, lvlm.Config.TieWordEmbeddings));
+        Assert.True(lvlm.Config.Text.MaxPositionEmbeddings >= 2500 + spec.ImageTokens);
+        var prompt = lvlm.CreatePrompt([PromptMessage.User("Which colour does the circle have? Answer with a single word.", imageCount: 1)], [ImageDecoder.Load(Fixtures.Path("images", "img00.png"))]);
+        var result = lvlm.Generate(prompt, new Generation.GenerationOptions { MaxNewTokens = 3 });
+        Assert.NotEmpty(result.OutputTokenIds);
+    }
+}
