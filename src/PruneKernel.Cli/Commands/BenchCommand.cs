@@ -121,21 +121,9 @@ internal static class BenchCommand
 
     private static LlamaModel RandomDecoder(TextConfig config, ScalarType dtype, Device device, out Linear head)
     {
-        torch.manual_seed(1234);
         var model = new LlamaModel(config, dtype, device);
         head = new Linear(config.HiddenSize, config.VocabSize, false, dtype, device);
-        foreach (var (name, parameter) in model.named_parameters().Concat(head.named_parameters()))
-        {
-            if (name.EndsWith("layernorm.weight", StringComparison.Ordinal) || name.EndsWith("norm.weight", StringComparison.Ordinal))
-            {
-                parameter.fill_(1);
-            }
-            else
-            {
-                parameter.normal_(0, 0.02);
-            }
-        }
-
+        RandomWeights.Initialize(1234, 0.02, model, head);
         return model;
     }
 

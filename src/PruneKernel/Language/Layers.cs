@@ -57,14 +57,22 @@ internal sealed class Linear : nn.Module
 /// </summary>
 internal sealed class FusedProjection : IDisposable
 {
-    private readonly Tensor _weight;
-    private readonly Tensor? _bias;
+    private readonly Parameter _weight;
+    private readonly Parameter? _bias;
 
     public FusedProjection(long inFeatures, long[] outFeatures, bool hasBias, ScalarType dtype, Device device)
     {
         var total = outFeatures.Sum();
-        _weight = torch.empty([total, inFeatures], dtype: dtype, device: device).DetachFromDisposeScope();
-        _bias = hasBias ? torch.empty([total], dtype: dtype, device: device).DetachFromDisposeScope() : null;
+        // Parameters (not plain tensors) so that training can make the whole buffer the leaf gradients reach: the
+        // forward pass multiplies by the buffer, never by the parts' views.
+        _weight = new Parameter(torch.empty([total, inFeatures], dtype: dtype, device: device).DetachFromDisposeScope(), requires_grad: false);
+        _weight.DetachFromDisposeScope();
+        if (hasBias)
+        {
+            _bias = new Parameter(torch.empty([total], dtype: dtype, device: device).DetachFromDisposeScope(), requires_grad: false);
+            _bias.DetachFromDisposeScope();
+        }
+
         var parts = new Linear[outFeatures.Length];
         long offset = 0;
         for (var i = 0; i < outFeatures.Length; i++)
@@ -78,6 +86,12 @@ internal sealed class FusedProjection : IDisposable
 
     /// <summary>The projections, in stacking order.</summary>
     public IReadOnlyList<Linear> Parts { get; }
+
+    /// <summary>The stacked weight [sum of outputs, in]; the parts' weights are views of it.</summary>
+    public Parameter Weight => _weight;
+
+    /// <summary>The stacked bias, or null.</summary>
+    public Parameter? Bias => _bias;
 
     /// <summary>All projections at once: [..., sum of output features].</summary>
     public Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);

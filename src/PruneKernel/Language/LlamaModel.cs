@@ -62,6 +62,9 @@ internal sealed class LlamaAttention : nn.Module
         register_module("o_proj", o_proj);
     }
 
+    /// <summary>q, k and v stacked: the buffer the forward pass uses (training optimises it, not the views).</summary>
+    public FusedProjection FusedQkv => _qkv;
+
     public Linear q_proj { get; }
 
     public Linear k_proj { get; }
@@ -160,6 +163,9 @@ internal sealed class LlamaMlp : nn.Module
         register_module("up_proj", up_proj);
         register_module("down_proj", down_proj);
     }
+
+    /// <summary>gate and up stacked: the buffer the forward pass uses.</summary>
+    public FusedProjection FusedGateUp => _gateUp;
 
     public Linear gate_proj { get; }
 
