@@ -17,7 +17,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 build() { # split scenes groups variants seed...
   local split=$1 scenes=$2 groups=$3 variants=$4; shift 4
   for seed in "$@"; do
-    if pk dataset build --scenes "$scenes" --groups "$groups" --variants "$variants" --split "$split" --seed "$seed" --model $tok --out "$W/data" > "$W/build-$split.txt" 2>&1; then
+    # Training rows carry no misleading cue: a cue always points away from the answer, so a model trained on cued rows
+    # learns to invert it; cues are for the test split.
+    local cues=0.3; case $split in train*) cues=0;; esac
+    if pk dataset build --scenes "$scenes" --groups "$groups" --variants "$variants" --split "$split" --seed "$seed" --misleading-rate $cues --model $tok --out "$W/data" > "$W/build-$split.txt" 2>&1; then
       grep -v "^ *at " "$W/build-$split.txt" | tail -7; return 0
     fi
     echo "build $split seed $seed failed: $(grep -m1 -o 'could not[^)]*' "$W/build-$split.txt")"
@@ -36,7 +39,7 @@ minutes=$(python3 -c "print(round(max(30, $loop) / 60, 3))")
 echo "build took $((now - start)) s; training for $minutes min"
 timeout $((start + budget - now - 45)) bash .device/run.sh train --data "$W/data/trainall.jsonl" --eval-data "$W/data/test.jsonl" \
   --out "$W/model" --preset "${PRESET:-demo}" --minutes "$minutes" --batch-size "${BATCH:-64}" --lr "${LR:-2e-3}" --warmup 100 \
-  --context-loss "${CONTEXT_LOSS:-0.3}" --seed 0 --device "${DEVICE:-cuda}" --tokenizer $tok --eval-every 250 \
+  --context-loss "${CONTEXT_LOSS:-1.0}" --seed 0 --device "${DEVICE:-cuda}" --tokenizer $tok --eval-every 250 \
   --accuracy-rows 1500 --accuracy-seconds 60 --golden-rows 4 --golden-out "$W/golden" 2>&1 | tee "$W/train_stdout.txt" | grep -v "^step .*[1-9]0/" 
 left=$((start + budget - $(date +%s)))
 echo "left for the check: $left s"

@@ -55,17 +55,17 @@ public sealed record LlavaModelSpec
     /// <summary>Visual tokens per image.</summary>
     public int ImageTokens => (ImageSize / PatchSize) * (ImageSize / PatchSize);
 
-    /// <summary>The committed demonstration model: ~3.8M parameters, 196 visual tokens, 4096 positions.</summary>
+    /// <summary>The committed demonstration model: ~5.5M parameters, 196 visual tokens, 4096 positions.</summary>
     public static LlavaModelSpec Demo { get; } = new()
     {
         Name = "demo",
-        HiddenSize = 96,
-        IntermediateSize = 256,
+        HiddenSize = 128,
+        IntermediateSize = 384,
         Layers = 4,
-        Heads = 3,
-        VisionHiddenSize = 64,
-        VisionIntermediateSize = 256,
-        VisionLayers = 3,
+        Heads = 4,
+        VisionHiddenSize = 96,
+        VisionIntermediateSize = 384,
+        VisionLayers = 4,
         VisionHeads = 4,
         ImageSize = 224,
         PatchSize = 16,
