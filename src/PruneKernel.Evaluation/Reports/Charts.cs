@@ -123,8 +123,63 @@ internal static class Charts
         Finish(plot, path, title, "", yLabel, (0, 1.05));
     }
 
+    /// <summary>
+    /// The font family figures use. SkiaSharp's dependency-free Linux build has no fontconfig, so without a registered
+    /// font file every label would be blank: register the first sans TrueType file found ($PRUNEKERNEL_FONT first).
+    /// </summary>
+    internal static string? FontFamily => LazyFont.Value;
+
+    private static readonly Lazy<string?> LazyFont = new(() =>
+    {
+        const string family = "PruneKernel Sans";
+        string[] candidates =
+        [
+            Environment.GetEnvironmentVariable("PRUNEKERNEL_FONT") ?? "",
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+            "/Library/Fonts/Arial.ttf",
+            @"C:\Windows\Fonts\arial.ttf",
+        ];
+        var found = candidates.FirstOrDefault(File.Exists) ?? FirstFontUnder("/usr/share/fonts");
+        if (found is null)
+        {
+            return null;
+        }
+
+        Fonts.AddFontFile(family, found, bold: false, italic: false);
+        Fonts.AddFontFile(family, found, bold: true, italic: false);
+        return family;
+    });
+
+    private static string? FirstFontUnder(string folder)
+    {
+        try
+        {
+            return Directory.Exists(folder)
+                ? Directory.EnumerateFiles(folder, "*.ttf", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
+                    .FirstOrDefault(f => Path.GetFileName(f).Contains("Sans", StringComparison.OrdinalIgnoreCase))
+                : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
     private static void Finish(Plot plot, string path, string title, string xLabel, string yLabel, (double Min, double Max)? yLimits)
     {
+        if (FontFamily is { } font)
+        {
+            plot.Font.Set(font);
+        }
+
         plot.Title(title);
         plot.XLabel(xLabel);
         plot.YLabel(yLabel);

@@ -132,7 +132,11 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {_groups[i]} | {Fmt(b[i])} | {Fmt(p[i])} | {Points(p[i].Value - b[i].Value)} |");
         }
 
-        _md.AppendLine().AppendLine(Inv, $"Observed: {Trend("baseline", b)} {Trend("pruned", p)} {Compare("pruned", p, "baseline", b)}").AppendLine();
+        _md.AppendLine().AppendLine(Inv, $"Observed: {Trend("baseline accuracy", b)} {Trend("pruned accuracy", p)} {Compare("pruned", p, "baseline", b)}").AppendLine();
+        var known = b.Where(x => x.Count > 0).ToList();
+        var falls = known.Count >= 2 && known[^1].Value < known[0].Value;
+        var above = p.Zip(b).Count(x => x.First.Count > 0 && x.Second.Count > 0 && x.First.Value > x.Second.Value);
+        _md.AppendLine(Inv, $"Against the paper's claim (accuracy falls with length; pruning raises it at every length): baseline falls from shortest to longest here: {(falls ? "yes" : "no")}; pruned above baseline in {above} of {_groups.Count} groups.").AppendLine();
         LinesFigure("fig1-accuracy-vs-length.png", "Accuracy vs context length", [("baseline", b), ($"pruned ({pruned})", p)]);
         return new JsonObject
         {
@@ -156,7 +160,7 @@ public sealed class ReportBuilder
         }
 
         _md.AppendLine().AppendLine(Inv, $"Observed: {Compare("image", series[0].Item2, "white", series[1].Item2)} {Compare("image", series[0].Item2, "black", series[2].Item2)} "
-            + $"{Trend("white", series[1].Item2)}").AppendLine();
+            + $"{Trend("white-image accuracy", series[1].Item2)}").AppendLine();
         LinesFigure("fig2-text-only.png", "Baseline accuracy with the image and with white/black images", series);
         return new JsonObject
         {
@@ -245,7 +249,7 @@ public sealed class ReportBuilder
         }
 
         _md.AppendLine().AppendLine(classes.Count >= 2
-            ? I($"Observed: baseline accuracy is {Word(b[^1].Value - b[0].Value, "higher", "lower")} for {classes[^1]} than for {classes[0]} targets ({Points(b[^1].Value - b[0].Value)} points); {Compare("pruned", p, "baseline", b)}")
+            ? I($"Observed: baseline accuracy on {classes[^1]} targets differs from {classes[0]} ones by {Points(b[^1].Value - b[0].Value)} points; {Compare("pruned", p, "baseline", b)}")
             : "Observed: fewer than two size classes in the data.").AppendLine();
         BarsFigure("fig4-size.png", "Accuracy by size class", classes, [("baseline", b), ("pruned", p)]);
         return new JsonObject
@@ -268,10 +272,12 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {F(rates[i])} | {Fmt(overall[i])} | {string.Join(" | ", perGroup[i].Select(Fmt))} |");
         }
 
-        var best = overall.Select((p, i) => (p.Value, i)).Max().i;
-        _md.AppendLine().AppendLine(Inv, $"Observed: over all lengths the highest accuracy is at n = {F(rates[best])} ({Fmt(overall[best])}); the baseline (n = 0) has {Fmt(overall[0])}.").AppendLine();
+        var top = overall.Max(p => p.Value);
+        var tops = rates.Where((_, i) => overall[i].Value == top).ToList();
+        _md.AppendLine().AppendLine(Inv, $"Observed: over all lengths the highest accuracy, {Pct(top)}, is at n = {string.Join(", ", tops.Select(F))}{(tops.Count > 1 ? " (tied)" : "")}; the baseline (n = 0) has {Fmt(overall[0])}.").AppendLine();
         Charts.Lines(Fig("fig14-rate.png"), "Accuracy vs pruning rate", "rate n", "accuracy", rates,
-            [Ser("all lengths", overall), .. _groups.Select((g, k) => Ser(g.ToString(Inv), perGroup.Select(x => x[k]).ToList(), withInterval: false))], yLimits: (0, 1.05));
+            [Ser("all lengths", overall), .. _groups.Select((g, k) => Ser(g.ToString(Inv), perGroup.Select(x => x[k]).ToList(), withInterval: false))],
+            rates.Select(F).ToList(), yLimits: (0, 1.05));
         _figures.Add(Fig("fig14-rate.png"));
         return new JsonObject
         {
@@ -301,7 +307,7 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {m} | {Fmt(p)} |");
         }
 
-        _md.AppendLine().AppendLine(Inv, $"Observed: the highest accuracy is at m = {items.MaxBy(x => x.Item2.Value).m}; baseline {Fmt(Acc(Image(EvalCondition.Baseline.Name)))}.").AppendLine();
+        _md.AppendLine().AppendLine(Inv, $"Observed: the highest accuracy is at m = {string.Join(", ", items.Where(x => x.Item2.Value == items.Max(y => y.Item2.Value)).Select(x => x.m))}; baseline {Fmt(Acc(Image(EvalCondition.Baseline.Name)))}.").AppendLine();
         BarsFigure("fig13-layers.png", "Accuracy vs number of pruning layers", items.Select(x => "m = " + x.m.ToString(Inv)).ToList(), [("pruned", items.Select(x => x.Item2).ToList())]);
         return new JsonObject
         {
@@ -323,7 +329,8 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {name} | {start}..{start + plan.DepthLayers - 1} | {Fmt(p)} |");
         }
 
-        _md.AppendLine().AppendLine(Inv, $"Observed: the best window is {items.MaxBy(x => x.Item3.Value).Key} ({Fmt(items.MaxBy(x => x.Item3.Value).Item3)}); baseline {Fmt(baseline)}.").AppendLine();
+        var bestWindow = items.Max(x => x.Item3.Value);
+        _md.AppendLine().AppendLine(Inv, $"Observed: the highest accuracy, {Pct(bestWindow)}, is in the {string.Join(", ", items.Where(x => x.Item3.Value == bestWindow).Select(x => x.Key))} window(s); baseline {Fmt(baseline)}.").AppendLine();
         BarsFigure("fig12-depth.png", "Accuracy by depth of the pruning layers", ["baseline", .. items.Select(x => x.Key)], [("accuracy", [baseline, .. items.Select(x => x.Item3)])]);
         return new JsonObject
         {
@@ -378,8 +385,9 @@ public sealed class ReportBuilder
             node["ltp_thresholds"] = Arr(t.Select(x => (JsonNode?)x));
         }
 
-        var bestMethod = labels.Skip(1).Zip(values.Skip(1)).MaxBy(x => x.Second.Value);
-        _md.AppendLine().AppendLine(Inv, $"Observed: the best pruning method here is {bestMethod.First} ({Pct(bestMethod.Second.Value)}); max pooling {Word(values[1].Value - baseline.Value, "beats", "trails")} the baseline by {Points(Math.Abs(values[1].Value - baseline.Value))} points.").AppendLine();
+        var methods = labels.Skip(1).Zip(values.Skip(1)).ToList();
+        var topMethod = methods.Max(x => x.Second.Value);
+        _md.AppendLine().AppendLine(Inv, $"Observed: the highest pruning accuracy, {Pct(topMethod)}, comes from {string.Join(", ", methods.Where(x => x.Second.Value == topMethod).Select(x => x.First))}; max pooling minus baseline: {Points(values[1].Value - baseline.Value)} points.").AppendLine();
         BarsFigure("fig9-scoring.png", "Accuracy by scoring method", labels, [("accuracy", values)]);
         return node;
     }
@@ -418,10 +426,11 @@ public sealed class ReportBuilder
         var fit = Statistics.FitQuadratic(best.Select(b => b.Group / 1000.0).ToList(), best.Select(b => b.Rate).ToList());
         var min = best.Min(b => b.Rate);
         var max = Math.Min(0.9, best.Max(b => b.Rate));
-        _md.AppendLine().AppendLine(Inv, $"Fit (degree {fit.Degree}, {fit.Points} points): rate = {fit.A:0.0000} + {fit.B:0.0000}·L + {fit.C:0.0000}·L². "
-            + $"Observed: the best rate {Word(best[^1].Rate - best[0].Rate, "rises", "falls")} from {F(best[0].Rate)} at {best[0].Group} to {F(best[^1].Rate)} at {best[^1].Group} text tokens.").AppendLine();
+        var change = best[^1].Rate - best[0].Rate;
+        _md.AppendLine().AppendLine(Inv, $"Fit (degree {fit.Degree}, {fit.Points} points): rate = {fit.A:0.0000} {fit.B:+ 0.0000;- 0.0000;+ 0.0000}·L {fit.C:+ 0.0000;- 0.0000;+ 0.0000}·L². "
+            + $"Observed: the best rate {(change > 0 ? "rises" : change < 0 ? "falls" : "stays the same")} from {F(best[0].Rate)} at {best[0].Group} to {F(best[^1].Rate)} at {best[^1].Group} text tokens.").AppendLine();
         _md.AppendLine("Derived dynamic-rate rule (clamped to the observed best rates):").AppendLine();
-        _md.AppendLine("```csharp").AppendLine(Inv, $"DynamicRate = new LengthDependentRate(A: {fit.A:R}, B: {fit.B:R}, C: {fit.C:R}, Min: {min:R}, Max: {max:R})").AppendLine("```").AppendLine();
+        _md.AppendLine("```csharp").AppendLine(Inv, $"DynamicRate = new LengthDependentRate(A: {G(fit.A)}, B: {G(fit.B)}, C: {G(fit.C)}, Min: {G(min)}, Max: {G(max)})").AppendLine("```").AppendLine();
         var xs = best.Select(b => (double)b.Group).ToList();
         var dense = Enumerable.Range(0, 41).Select(i => xs.Min() + ((xs.Max() - xs.Min()) * i / 40.0)).ToList();
         Charts.Lines(Fig("fig15-best-rate.png"), "Best pruning rate vs context length", "text tokens (length group)", "best rate",
@@ -457,7 +466,8 @@ public sealed class ReportBuilder
             _md.AppendLine().AppendLine(Inv, $"Observed: after the last pruning layer the earliest decile keeps {F2(last[0])} and the latest {F2(last[9])}; "
                 + $"the best-kept decile is {Enumerable.Range(0, 10).Where(d => double.IsFinite(last[d])).MaxBy(d => last[d]) + 1}, the worst-kept {Enumerable.Range(0, 10).Where(d => double.IsFinite(last[d])).MinBy(d => last[d]) + 1}.").AppendLine();
             Charts.Lines(Fig("fig17-retention.png"), "Retention by position decile", "position decile (1 = earliest text)", "retained share",
-                Enumerable.Range(1, 10).Select(d => (double)d).ToList(), layers.Select((l, i) => new Series($"layer {l}", table[i])).ToList(), yLimits: (0, 1.05));
+                Enumerable.Range(1, 10).Select(d => (double)d).ToList(), layers.Select((l, i) => new Series($"layer {l}", table[i])).ToList(),
+                Enumerable.Range(1, 10).Select(d => d.ToString(Inv)).ToList(), yLimits: (0, 1.05));
             _figures.Add(Fig("fig17-retention.png"));
         }
 
@@ -498,9 +508,9 @@ public sealed class ReportBuilder
             : I($"Observed: in {both.Count(l => dvisPruned[l] > dvisBase[l])} of {both.Count} pruning layers D_vis is higher with pruning than without (mean {F3(both.Average(l => dvisBase[l]))} → {F3(both.Average(l => dvisPruned[l]))}); entropy {F3(both.Select(l => entBase[l]).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average())} → {F3(both.Select(l => entPruned[l]).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average())}.")).AppendLine();
         var xs = layers.Select(l => (double)l).ToList();
         Charts.Lines(Fig("fig5-dvis.png"), "D_vis per layer (last prompt token)", "decoder layer", "attention share on visual tokens", xs,
-            [new Series("baseline", dvisBase), new Series("pruned (layer input)", dvisPruned)], yLimits: (0, 1.05));
+            [new Series("baseline", dvisBase), new Series("pruned (layer input)", dvisPruned)], layers.Select(l => l.ToString(Inv)).ToList(), yLimits: (0, 1.05));
         Charts.Lines(Fig("fig5-entropy.png"), "Attention entropy per layer (last prompt token)", "decoder layer", "entropy (nats)", xs,
-            [new Series("baseline", entBase), new Series("pruned (layer input)", entPruned)]);
+            [new Series("baseline", entBase), new Series("pruned (layer input)", entPruned)], layers.Select(l => l.ToString(Inv)).ToList());
         _figures.Add(Fig("fig5-dvis.png"));
         _figures.Add(Fig("fig5-entropy.png"));
         _md.AppendLine("![entropy](figures/fig5-entropy.png)").AppendLine();
@@ -559,7 +569,7 @@ public sealed class ReportBuilder
     private void LinesFigure(string name, string title, IReadOnlyList<(string Label, List<Proportion> Values)> series)
     {
         Charts.Lines(Fig(name), title, "text tokens (length group)", "accuracy", _groups.Select(g => (double)g).ToList(),
-            series.Select(s => Ser(s.Label, s.Values)).ToList(), yLimits: (0, 1.05));
+            series.Select(s => Ser(s.Label, s.Values)).ToList(), _groups.Select(g => g.ToString(Inv)).ToList(), yLimits: (0, 1.05));
         _figures.Add(Fig(name));
     }
 
@@ -608,7 +618,7 @@ public sealed class ReportBuilder
 
     private static string F3(double v) => double.IsFinite(v) ? v.ToString("0.000", Inv) : "–";
 
-    private static string Word(double difference, string positive, string negative) => difference > 0 ? positive : difference < 0 ? negative : "equal (" + positive + "/" + negative + " by 0)";
+    private static string G(double v) => Math.Abs(v) < 1e-9 ? "0" : v.ToString("0.######", Inv);
 
     /// <summary>How a series moves from the shortest to the longest group.</summary>
     private static string Trend(string label, IReadOnlyList<Proportion> values)
@@ -621,7 +631,7 @@ public sealed class ReportBuilder
 
         var d = known[^1].Value - known[0].Value;
         var separated = known[^1].High < known[0].Low || known[^1].Low > known[0].High;
-        return string.Create(Inv, $"{label} accuracy {(d < 0 ? "falls" : d > 0 ? "rises" : "stays level")} from {Pct(known[0].Value)} (shortest) to {Pct(known[^1].Value)} (longest), {Points(d)} points{(separated ? "" : ", within overlapping intervals")}.");
+        return string.Create(Inv, $"{label} {(d < 0 ? "falls" : d > 0 ? "rises" : "stays level")} from {Pct(known[0].Value)} (shortest) to {Pct(known[^1].Value)} (longest), {Points(d)} points{(separated ? "" : ", within overlapping intervals")}.");
     }
 
     /// <summary>How series a compares with series b group by group.</summary>
