@@ -460,7 +460,7 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {layers[i]} | {string.Join(" | ", table[i].Select(v => double.IsFinite(v) ? v.ToString("0.00", Inv) : "–"))} |");
         }
 
-        if (layers.Count > 0)
+        if (layers.Count > 0 && table[^1].Any(double.IsFinite))
         {
             var last = table[^1];
             _md.AppendLine().AppendLine(Inv, $"Observed: after the last pruning layer the earliest decile keeps {F2(last[0])} and the latest {F2(last[9])}; "

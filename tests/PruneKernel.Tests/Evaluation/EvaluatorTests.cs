@@ -250,6 +250,22 @@ public sealed class EvaluatorTests : IDisposable
         Assert.Equal(2, bad);
     }
 
+    [Fact]
+    public void RowsWithOnlyTheRequiredFieldsStillGiveEveryAnalysis()
+    {
+        // External data may carry no length group, variant, scene or size: groups come from the measured text tokens.
+        var data = Path.Combine(_dir, "minimal.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 2).Select(i =>
+            $"{{\"id\":\"r{i}\",\"image\":\"{Fixtures.Path("images", $"img0{i}.png")}\",\"question\":\"What is it?\",\"answer\":\"cat\"}}"));
+        var output = Path.Combine(_dir, "minimal");
+        var run = Evaluator.Run(Tiny.Value, Options(data, output) with { Seeds = 1 }, TestContext.Current.CancellationToken);
+        ReportBuilder.Write(run, Context(data), output);
+        Assert.All(run.Results, r => Assert.Equal(500, r.LengthGroup));
+        var report = File.ReadAllText(Path.Combine(output, ReportBuilder.MarkdownFile));
+        Assert.Contains("fewer than two size classes", report, StringComparison.Ordinal);
+        Assert.Contains("No group has both image and white results", report, StringComparison.Ordinal);
+    }
+
     /// <summary>Reports synchronously (Progress&lt;T&gt; posts to the thread pool).</summary>
     private sealed class SyncProgress(Action<EvalProgress> action) : IProgress<EvalProgress>
     {
