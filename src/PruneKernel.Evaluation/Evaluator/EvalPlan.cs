@@ -35,7 +35,7 @@ public sealed record EvalCondition(string Name, ContextPruningOptions? Pruning, 
             _ => "threshold",
         };
         var name = string.Create(CultureInfo.InvariantCulture,
-            $"{o.Schedule.ToString().ToLowerInvariant()}-{scorer}-{(o.DynamicRate is null ? o.Rate.ToString("0.###", CultureInfo.InvariantCulture) : "dyn")}x{o.Layers}@{o.StartLayer}");
+            $"{o.Schedule.ToString().ToLowerInvariant()}-{scorer}-{(o.DynamicRate is { } d ? string.Create(CultureInfo.InvariantCulture, $"dyn({d.A:0.######},{d.B:0.######},{d.C:0.######},{d.Min:0.###},{d.Max:0.###})") : o.Rate.ToString("0.###", CultureInfo.InvariantCulture))}x{o.Layers}@{o.StartLayer}");
         if (o.Normalization == ScoreNormalization.PerVisibleQuery)
         {
             name += "-pvq";

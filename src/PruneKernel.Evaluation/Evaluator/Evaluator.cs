@@ -52,7 +52,9 @@ public sealed record EvalProgress(int Done, int Total, int Computed, string Cond
 /// <param name="Results">Every result of the plan's conditions on those rows (loaded and computed).</param>
 /// <param name="Computed">Pairs computed by this run (the rest came from results.jsonl).</param>
 /// <param name="Case">The case-study row, when that analysis ran.</param>
-public sealed record EvalRun(EvalPlan Plan, IReadOnlyList<BenchmarkItem> Items, IReadOnlyList<RowResult> Results, int Computed, CaseStudyData? Case);
+/// <param name="Dynamic">The condition running the dynamic-rate rule derived from the rate sweep, when best-rate ran.</param>
+public sealed record EvalRun(EvalPlan Plan, IReadOnlyList<BenchmarkItem> Items, IReadOnlyList<RowResult> Results, int Computed, CaseStudyData? Case,
+    EvalCondition? Dynamic = null);
 
 /// <summary>Tokens and per-layer kept positions of one row under the paper's pruning (fig. 18).</summary>
 /// <param name="RowId">The row.</param>
@@ -106,54 +108,71 @@ public static class Evaluator
 
             var plan = new EvalPlan(options.Analyses, layers, options.Seeds, thresholds);
             using var store = ResultStore.Open(Path.Combine(options.OutputFolder, ResultsFile));
-            var total = items.Sum(i => plan.Conditions.Count(c => Applies(c, i)));
-            var done = items.Sum(i => plan.Conditions.Count(c => Applies(c, i) && store.IsDone(c.Name, i.Id)));
-            var computed = 0;
-            var generation = new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Temperature = 0 };
-            for (var index = 0; index < items.Count; index++)
+            var computed = RunConditions(model, options, items, lines, plan.Conditions, store, watch, cancellationToken);
+
+            // Second phase: the dynamic-rate rule fitted to the sweep, evaluated as one more condition. Its name carries
+            // its coefficients, so a rerun whose sweep changed the fit does not mix in results of an older rule.
+            var ids = items.Select(i => i.Id).ToHashSet();
+            EvalCondition? dynamic = null;
+            if (options.Analyses.Contains(EvalAnalyses.BestRate) && BestRateRule.From(store.Rows.Where(r => ids.Contains(r.Id)).ToList(), plan).Rule is { } rule)
             {
-                cancellationToken.ThrowIfCancellationRequested();
-                var item = items[index];
-                var pending = plan.Conditions.Where(c => Applies(c, item) && !store.IsDone(c.Name, item.Id)).ToList();
-                if (pending.Count == 0)
-                {
-                    continue;
-                }
-
-                var prompt = CreatePrompt(model, options.DataPath, item, lines[index]);
-                foreach (var condition in pending)
-                {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    var rowWatch = Stopwatch.StartNew();
-                    GenerationResult result;
-                    try
-                    {
-                        result = model.Generate(prompt, generation with { Pruning = condition.Pruning }, cancellationToken);
-                    }
-                    catch (PruneKernelException e)
-                    {
-                        throw new PruneKernelException($"{options.DataPath}:{lines[index]}: row '{item.Id}' under {condition.Name}: {e.Message}", e);
-                    }
-
-                    store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds));
-                    done++;
-                    computed++;
-                    options.Progress?.Report(new EvalProgress(done, total, computed, condition.Name, watch.Elapsed));
-                }
+                dynamic = EvalCondition.Pruned(plan.Default with { DynamicRate = rule });
+                computed += RunConditions(model, options, items, lines, [dynamic], store, watch, cancellationToken);
             }
 
-            var names = plan.Conditions.Select(c => c.Name).ToHashSet();
-            var ids = items.Select(i => i.Id).ToHashSet();
+            var names = plan.Conditions.Select(c => c.Name).Append(dynamic?.Name).OfType<string>().ToHashSet();
             var results = store.Rows.Where(r => names.Contains(r.Condition) && ids.Contains(r.Id)).ToList();
             var caseStudy = options.Analyses.Contains(EvalAnalyses.CaseStudy)
                 ? CaseStudy(model, options, items, lines, plan, cancellationToken)
                 : null;
-            return new EvalRun(plan, items, results, computed, caseStudy);
+            return new EvalRun(plan, items, results, computed, caseStudy, dynamic);
         }
         finally
         {
             model.ImageFeatureCache = previousCache;
         }
+    }
+
+    private static int RunConditions(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines,
+        IReadOnlyList<EvalCondition> conditions, ResultStore store, Stopwatch watch, CancellationToken cancellationToken)
+    {
+        var total = items.Sum(i => conditions.Count(c => Applies(c, i)));
+        var done = items.Sum(i => conditions.Count(c => Applies(c, i) && store.IsDone(c.Name, i.Id)));
+        var computed = 0;
+        var generation = new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Temperature = 0 };
+        for (var index = 0; index < items.Count; index++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var item = items[index];
+            var pending = conditions.Where(c => Applies(c, item) && !store.IsDone(c.Name, item.Id)).ToList();
+            if (pending.Count == 0)
+            {
+                continue;
+            }
+
+            var prompt = CreatePrompt(model, options.DataPath, item, lines[index]);
+            foreach (var condition in pending)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var rowWatch = Stopwatch.StartNew();
+                GenerationResult result;
+                try
+                {
+                    result = model.Generate(prompt, generation with { Pruning = condition.Pruning }, cancellationToken);
+                }
+                catch (PruneKernelException e)
+                {
+                    throw new PruneKernelException($"{options.DataPath}:{lines[index]}: row '{item.Id}' under {condition.Name}: {e.Message}", e);
+                }
+
+                store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds));
+                done++;
+                computed++;
+                options.Progress?.Report(new EvalProgress(done, total, computed, condition.Name, watch.Elapsed));
+            }
+        }
+
+        return computed;
     }
 
     /// <summary>Whether a condition runs on a row: pruned conditions skip the text-only variants.</summary>

@@ -69,7 +69,7 @@ public sealed class ReportBuilder
         _json["rows_by_variant"] = Obj(_run.Items.GroupBy(i => i.Variant).OrderBy(g => g.Key).Select(g => (g.Key, (JsonNode?)g.Count())));
         _json["decoder_layers"] = plan.DecoderLayers;
         _json["paper_default"] = JsonNode.Parse(plan.Default.ToJson());
-        _json["conditions"] = Obj(plan.Conditions.Select(c => (c.Name, (JsonNode?)new JsonObject
+        _json["conditions"] = Obj((_run.Dynamic is { } dyn ? [.. plan.Conditions, dyn] : plan.Conditions).Select(c => (c.Name, (JsonNode?)new JsonObject
         {
             ["pruning"] = c.Pruning is null ? null : JsonNode.Parse(c.Pruning.ToJson()),
             ["results"] = Rows(c.Name).Count,
@@ -84,7 +84,7 @@ public sealed class ReportBuilder
             + "sample count n and a 95 % Wilson interval in brackets; the random baseline gives the mean and standard deviation over seeds. "
             + "Directions below are what these numbers show, stated without testing beyond the intervals.").AppendLine();
         _md.AppendLine("| condition | results |").AppendLine("|---|---|");
-        foreach (var c in plan.Conditions)
+        foreach (var c in _run.Dynamic is { } d ? [.. plan.Conditions, d] : plan.Conditions)
         {
             _md.AppendLine(Inv, $"| `{c.Name}` | {Rows(c.Name).Count} |");
         }
@@ -394,19 +394,9 @@ public sealed class ReportBuilder
 
     private JsonObject BestRate()
     {
-        var rates = new List<double> { 0 };
-        rates.AddRange(EvalPlan.SweepRates);
-        var names = rates.Select(r => r == 0 ? EvalCondition.Baseline.Name : EvalCondition.Pruned(_run.Plan.Default with { Rate = r }).Name).ToList();
-        var best = new List<(int Group, double Rate)>();
-        foreach (var g in _groups)
-        {
-            var acc = names.Select(n => Acc(Image(n).Where(r => r.LengthGroup == g))).ToList();
-            if (acc.All(a => a.Count > 0))
-            {
-                best.Add((g, Statistics.BestRate(rates, acc.Select(a => a.Value).ToList())));
-            }
-        }
-
+        var computed = BestRateRule.From(_run.Results, _run.Plan);
+        var rates = computed.Rates;
+        var best = computed.Best;
         Section("Fig. 15/16: best rate per length group and a quadratic fit", "fig15-best-rate.png");
         _md.AppendLine("Best rate of a group: the mean of the three adjacent rates (of 0, the baseline, and 0.1 … 0.5) whose accuracies sum highest. "
             + "The fit is least squares of best rate on L = length group / 1000.").AppendLine();
@@ -423,9 +413,9 @@ public sealed class ReportBuilder
             _md.AppendLine(Inv, $"| {g} | {F(r)} |");
         }
 
-        var fit = Statistics.FitQuadratic(best.Select(b => b.Group / 1000.0).ToList(), best.Select(b => b.Rate).ToList());
-        var min = best.Min(b => b.Rate);
-        var max = Math.Min(0.9, best.Max(b => b.Rate));
+        var fit = computed.Fit!;
+        var min = computed.Rule!.Min;
+        var max = computed.Rule.Max;
         var change = best[^1].Rate - best[0].Rate;
         _md.AppendLine().AppendLine(Inv, $"Fit (degree {fit.Degree}, {fit.Points} points): rate = {fit.A:0.0000} {fit.B:+ 0.0000;- 0.0000;+ 0.0000}·L {fit.C:+ 0.0000;- 0.0000;+ 0.0000}·L². "
             + $"Observed: the best rate {(change > 0 ? "rises" : change < 0 ? "falls" : "stays the same")} from {F(best[0].Rate)} at {best[0].Group} to {F(best[^1].Rate)} at {best[^1].Group} text tokens.").AppendLine();
@@ -437,6 +427,27 @@ public sealed class ReportBuilder
             [.. xs, .. dense], [new Series("best rate", [.. best.Select(b => b.Rate), .. dense.Select(_ => double.NaN)]),
                 new Series("quadratic fit", [.. xs.Select(_ => double.NaN), .. dense.Select(x => fit.At(x / 1000))])], yLimits: (0, 0.6));
         _figures.Add(Fig("fig15-best-rate.png"));
+        if (_run.Dynamic is { } dynamic)
+        {
+            var fixedName = EvalCondition.Pruned(_run.Plan.Default).Name;
+            var rows = new (string Label, string Name)[] { ("baseline", EvalCondition.Baseline.Name), ($"fixed n = {F(_run.Plan.Default.Rate)}", fixedName), ("dynamic rule", dynamic.Name) };
+            var table = rows.Select(r => (r.Label, _groups.Select(g => Acc(Image(r.Name).Where(x => x.LengthGroup == g))).ToList(), Acc(Image(r.Name)))).ToList();
+            _md.AppendLine(Inv, $"The rule evaluated as condition `{dynamic.Name}` (fitted on these same rows, so this is an in-sample check, not a held-out result):").AppendLine();
+            _md.AppendLine("| condition | all lengths | " + string.Join(" | ", _groups) + " |").AppendLine("|---|---|" + string.Concat(_groups.Select(_ => "---|")));
+            foreach (var (label, perGroup, all) in table)
+            {
+                _md.AppendLine(Inv, $"| {label} | {Fmt(all)} | {string.Join(" | ", perGroup.Select(Fmt))} |");
+            }
+
+            _md.AppendLine().AppendLine(Inv, $"Observed: {Compare("the dynamic rule", table[2].Item2, "the fixed rate", table[1].Item2)}").AppendLine();
+            node["dynamic_condition"] = dynamic.Name;
+            node["dynamic_accuracy"] = new JsonObject
+            {
+                ["overall"] = P(table[2].Item3),
+                ["groups"] = Arr(_groups.Select((g, i) => (JsonNode?)new JsonObject { ["length_group"] = g, ["accuracy"] = P(table[2].Item2[i]) })),
+            };
+        }
+
         node["best"] = Arr(best.Select(b => (JsonNode?)new JsonObject { ["length_group"] = b.Group, ["best_rate"] = b.Rate }));
         node["fit"] = new JsonObject { ["a"] = fit.A, ["b"] = fit.B, ["c"] = fit.C, ["degree"] = fit.Degree, ["points"] = fit.Points, ["x"] = "length_group / 1000" };
         node["dynamic_rate"] = new JsonObject { ["a"] = fit.A, ["b"] = fit.B, ["c"] = fit.C, ["min"] = min, ["max"] = max };

@@ -89,12 +89,21 @@ public sealed class EvaluatorTests : IDisposable
         // Baseline covers all 18 rows; every pruned condition the 6 image rows, once each.
         var lines = ResultStore.Load(Path.Combine(output, Evaluator.ResultsFile));
         Assert.Equal(lines.Count, lines.Select(r => (r.Condition, r.Id)).Distinct().Count());
+        Assert.Equal(run.Plan.Conditions.Count + 1, lines.Select(r => r.Condition).Distinct().Count());
         foreach (var condition in run.Plan.Conditions)
         {
             Assert.Equal(condition.AllVariants ? 18 : 6, lines.Count(r => r.Condition == condition.Name));
         }
 
         Assert.Equal(lines.Count, run.Computed);
+
+        // The dynamic-rate rule fitted to the sweep ran as one more condition on the image rows.
+        Assert.NotNull(run.Dynamic);
+        Assert.StartsWith("progressive-max-dyn(", run.Dynamic.Name, StringComparison.Ordinal);
+        Assert.Equal(6, lines.Count(r => r.Condition == run.Dynamic.Name));
+        var rule = BestRateRule.From(lines, run.Plan).Rule!;
+        Assert.Equal(rule, run.Dynamic.Pruning!.DynamicRate);
+        Assert.All(lines.Where(r => r.Condition == run.Dynamic.Name), r => Assert.Equal(rule.RateFor(r.TextTokens), r.Pruning!.Rate, 12));
         var items = BenchmarkJsonl.Read(data).ToDictionary(i => i.Id);
         foreach (var r in lines)
         {
@@ -126,6 +135,7 @@ public sealed class EvaluatorTests : IDisposable
         Assert.Equal(3, (int)analyses[EvalAnalyses.ImageDependence]!["groups"]![1]!["both"]!["n"]!);
         Assert.Equal(3, (int)analyses[EvalAnalyses.Scoring]!["random"]!["seeds"]!);
         Assert.NotNull(analyses[EvalAnalyses.BestRate]!["fit"]!["a"]);
+        Assert.Equal(6, (int)analyses[EvalAnalyses.BestRate]!["dynamic_accuracy"]!["overall"]!["n"]!);
         Assert.Equal(3, analyses[EvalAnalyses.Scoring]!["ltp_thresholds"]!.AsArray().Count);
         Assert.True(File.Exists(Path.Combine(output, Evaluator.CalibrationFile)));
         var dvis = analyses[EvalAnalyses.Attention]!["layers"]!.AsArray();
