@@ -21,8 +21,9 @@ internal static class EvalCommand
         var seeds = new Option<int>("--seeds") { Description = "Seeds of the random baseline.", DefaultValueFactory = _ => 3 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens decoded greedily per row.", DefaultValueFactory = _ => 3 };
         var calibration = new Option<int>("--calibration-rows") { Description = "Image rows used to calibrate the LTP-style thresholds.", DefaultValueFactory = _ => 16 };
+        var saliency = new Option<int>("--saliency-rows") { Description = "Image rows of the information-flow analysis (two backward passes each).", DefaultValueFactory = _ => 8 };
         var command = new Command("eval", "Evaluate a model on a benchmark (resumable) and write the paper's analyses as a report with figures.");
-        foreach (var option in new Option[] { model.Model, model.Device, model.DType, data, output, analyses, limit, seeds, maxNew, calibration })
+        foreach (var option in new Option[] { model.Model, model.Device, model.DType, data, output, analyses, limit, seeds, maxNew, calibration, saliency })
         {
             command.Add(option);
         }
@@ -42,6 +43,7 @@ internal static class EvalCommand
                 Seeds = r.GetValue(seeds),
                 MaxNewTokens = r.GetValue(maxNew),
                 CalibrationRows = r.GetValue(calibration),
+                SaliencyRows = r.GetValue(saliency),
                 Progress = new ProgressBar(error, interactive: ReferenceEquals(error, Console.Error) && !Console.IsErrorRedirected),
             };
             using var lvlm = Lvlm.Load(modelFolder, model.LoadOptions(r), ct);

@@ -89,9 +89,12 @@ public static class EvalAnalyses
     /// <summary>Fig. 18: one row's kept and dropped tokens per layer, as HTML.</summary>
     public const string CaseStudy = "case-study";
 
+    /// <summary>Fig. 7/11: information flow by gradient saliency, baseline vs pruned, on a few rows.</summary>
+    public const string InformationFlow = "information-flow";
+
     /// <summary>Every analysis, in priority order.</summary>
     public static IReadOnlyList<string> All { get; } =
-        [Length, TextOnly, ImageDependence, Size, Rate, Layers, Depth, Scoring, BestRate, Retention, Attention, CaseStudy];
+        [Length, TextOnly, ImageDependence, Size, Rate, Layers, Depth, Scoring, BestRate, Retention, Attention, CaseStudy, InformationFlow];
 
     /// <summary>Parses a comma-separated list ("all" or empty: every analysis).</summary>
     /// <exception cref="ArgumentException">An unknown name; the message lists the known ones.</exception>

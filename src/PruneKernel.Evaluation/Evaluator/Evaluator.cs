@@ -34,6 +34,9 @@ public sealed record EvalOptions
     /// <summary>Image rows used to calibrate the LTP-style thresholds.</summary>
     public int CalibrationRows { get; init; } = 16;
 
+    /// <summary>Image rows (spread over length groups) of the information-flow analysis; each costs two backward passes.</summary>
+    public int SaliencyRows { get; init; } = 8;
+
     /// <summary>Receives a report after every finished (row, condition).</summary>
     public IProgress<EvalProgress>? Progress { get; init; }
 }
@@ -53,8 +56,9 @@ public sealed record EvalProgress(int Done, int Total, int Computed, string Cond
 /// <param name="Computed">Pairs computed by this run (the rest came from results.jsonl).</param>
 /// <param name="Case">The case-study row, when that analysis ran.</param>
 /// <param name="Dynamic">The condition running the dynamic-rate rule derived from the rate sweep, when best-rate ran.</param>
+/// <param name="Flow">Information flow per row, when that analysis ran.</param>
 public sealed record EvalRun(EvalPlan Plan, IReadOnlyList<BenchmarkItem> Items, IReadOnlyList<RowResult> Results, int Computed, CaseStudyData? Case,
-    EvalCondition? Dynamic = null);
+    EvalCondition? Dynamic = null, IReadOnlyList<FlowRow>? Flow = null);
 
 /// <summary>Tokens and per-layer kept positions of one row under the paper's pruning (fig. 18).</summary>
 /// <param name="RowId">The row.</param>
@@ -125,7 +129,10 @@ public static class Evaluator
             var caseStudy = options.Analyses.Contains(EvalAnalyses.CaseStudy)
                 ? CaseStudy(model, options, items, lines, plan, cancellationToken)
                 : null;
-            return new EvalRun(plan, items, results, computed, caseStudy, dynamic);
+            var flow = options.Analyses.Contains(EvalAnalyses.InformationFlow)
+                ? Flow(model, options, items, lines, plan, cancellationToken)
+                : null;
+            return new EvalRun(plan, items, results, computed, caseStudy, dynamic, flow);
         }
         finally
         {
@@ -328,6 +335,34 @@ public static class Evaluator
         var calibrated = ThresholdCalibration.Calibrate(model, samples, target, ct).Thresholds!.ToList();
         File.WriteAllText(path, JsonSerializer.Serialize(calibrated));
         return calibrated;
+    }
+
+    private static List<FlowRow> Flow(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines, EvalPlan plan, CancellationToken ct)
+    {
+        // Round-robin over length groups so that short and long contexts are both represented.
+        var queues = items.Select((item, i) => (item, i)).Where(x => x.item.Variant == "image")
+            .GroupBy(x => x.item.LengthGroup ?? 0).OrderBy(g => g.Key).Select(g => new Queue<(BenchmarkItem Item, int Index)>(g)).ToList();
+        var picked = new List<(BenchmarkItem Item, int Index)>();
+        while (picked.Count < options.SaliencyRows && queues.Any(q => q.Count > 0))
+        {
+            foreach (var q in queues.Where(q => q.Count > 0))
+            {
+                if (picked.Count < options.SaliencyRows)
+                {
+                    picked.Add(q.Dequeue());
+                }
+            }
+        }
+
+        var rows = new List<FlowRow>();
+        foreach (var (item, index) in picked)
+        {
+            ct.ThrowIfCancellationRequested();
+            var prompt = CreatePrompt(model, options.DataPath, item, lines[index]);
+            rows.Add(InformationFlow.Compute(model, item, prompt, LengthGroupOf(item, prompt.Layout.Visual.Count(v => !v)), plan.Default));
+        }
+
+        return rows;
     }
 
     private static CaseStudyData? CaseStudy(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines, EvalPlan plan, CancellationToken ct)

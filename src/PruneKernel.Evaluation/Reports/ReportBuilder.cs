@@ -108,6 +108,7 @@ public sealed class ReportBuilder
                 EvalAnalyses.Retention => Retention(),
                 EvalAnalyses.Attention => Attention(),
                 EvalAnalyses.CaseStudy => CaseStudy(),
+                EvalAnalyses.InformationFlow => Flow(),
                 _ => null,
             };
             analyses[a] = node;
@@ -557,6 +558,61 @@ public sealed class ReportBuilder
         return new JsonObject { ["row"] = data.RowId, ["answer"] = data.Answer, ["reply"] = data.Reply, ["file"] = "figures/fig18-case-study.html" };
     }
 
+    private JsonObject? Flow()
+    {
+        if (_run.Flow is not { Count: > 0 } rows)
+        {
+            return null;
+        }
+
+        var layers = rows.SelectMany(r => r.Baseline.Select(l => l.Layer)).Distinct().Order().ToList();
+        string[] names = ["S_vr", "S_vc", "S_rt", "S_ct", "S_vt", "S_ww"];
+        Func<FlowLayer, double>[] pick = [l => l.VisualToKept, l => l.VisualToPruned, l => l.KeptToTarget, l => l.PrunedToTarget, l => l.VisualToTarget, l => l.Other];
+        List<double>[] Means(Func<FlowRow, IReadOnlyList<FlowLayer>> side) => pick.Select(f => layers.Select(layer =>
+        {
+            var v = rows.SelectMany(r => side(r).Where(x => x.Layer == layer)).Select(f).Where(double.IsFinite).ToList();
+            return v.Count == 0 ? double.NaN : v.Average();
+        }).ToList()).ToArray();
+        var baseline = Means(r => r.Baseline);
+        var pruned = Means(r => r.Pruned);
+
+        Section("Fig. 7/11: information flow (gradient saliency), baseline vs pruned", "fig7-flow-baseline.png");
+        _md.AppendLine("![fig11-flow-pruned](figures/fig11-flow-pruned.png)").AppendLine();
+        _md.AppendLine(Inv, $"Saliency I = Σ_h |A ⊙ ∂L/∂A| (L: cross-entropy of the answer's first token at the last prompt position, through TorchSharp autograd with eager attention), "
+            + $"averaged over each set of (key → query) pairs and over {rows.Count} image rows ({string.Join(", ", rows.Select(r => r.LengthGroup).Distinct().Order())} tokens). "
+            + $"v: visual, r: text kept by the paper's pruning, c: text it drops, t: the last prompt token (target), w: every other pair. The baseline is measured over the same sets; in the pruned pass c is gone after the pruning layers.").AppendLine();
+        _md.AppendLine("| layer | " + string.Join(" | ", names.Select(n => n + " base")) + " | " + string.Join(" | ", names.Select(n => n + " pruned")) + " |")
+            .AppendLine("|---|" + string.Concat(Enumerable.Repeat("---|", 12)));
+        for (var i = 0; i < layers.Count; i++)
+        {
+            _md.AppendLine(Inv, $"| {layers[i]} | {string.Join(" | ", baseline.Select(s => E(s[i])))} | {string.Join(" | ", pruned.Select(s => E(s[i])))} |");
+        }
+
+        var vt = layers.Select((_, i) => i).Where(i => double.IsFinite(baseline[4][i]) && double.IsFinite(pruned[4][i])).ToList();
+        var rc = layers.Select((_, i) => i).Where(i => double.IsFinite(baseline[2][i]) && double.IsFinite(baseline[3][i])).ToList();
+        _md.AppendLine().AppendLine(Inv, $"Observed: S_vt (visual → target) is higher with pruning in {vt.Count(i => pruned[4][i] > baseline[4][i])} of {vt.Count} layers; "
+            + $"in the baseline, kept text sends more flow to the target than pruned text (S_rt > S_ct) in {rc.Count(i => baseline[2][i] > baseline[3][i])} of {rc.Count} layers.").AppendLine();
+        var xs = layers.Select(l => (double)l).ToList();
+        var ticks = layers.Select(l => l.ToString(Inv)).ToList();
+        Charts.Lines(Fig("fig7-flow-baseline.png"), "Information flow per layer, baseline", "decoder layer", "mean saliency", xs,
+            names.Select((n, k) => new Series(n, baseline[k])).ToList(), ticks);
+        Charts.Lines(Fig("fig11-flow-pruned.png"), "Information flow per layer, pruned", "decoder layer", "mean saliency", xs,
+            names.Select((n, k) => new Series(n, pruned[k])).ToList(), ticks);
+        _figures.Add(Fig("fig7-flow-baseline.png"));
+        _figures.Add(Fig("fig11-flow-pruned.png"));
+        JsonNode? N(double v) => double.IsFinite(v) ? v : null;
+        return new JsonObject
+        {
+            ["rows"] = Arr(rows.Select(r => (JsonNode?)r.RowId)),
+            ["layers"] = Arr(layers.Select((l, i) => (JsonNode?)new JsonObject
+            {
+                ["layer"] = l,
+                ["baseline"] = Obj(names.Select((n, k) => (n, N(baseline[k][i])))),
+                ["pruned"] = Obj(names.Select((n, k) => (n, N(pruned[k][i])))),
+            })),
+        };
+    }
+
     // ---- helpers --------------------------------------------------------------------------------------------------
 
     private List<RowResult> Rows(string condition) => _byCondition.TryGetValue(condition, out var rows) ? rows : [];
@@ -626,6 +682,8 @@ public sealed class ReportBuilder
     private static string F(double v) => v.ToString("0.###", Inv);
 
     private static string F2(double v) => double.IsFinite(v) ? v.ToString("0.00", Inv) : "–";
+
+    private static string E(double v) => double.IsFinite(v) ? v.ToString("0.00e+0", Inv) : "–";
 
     private static string F3(double v) => double.IsFinite(v) ? v.ToString("0.000", Inv) : "–";
 

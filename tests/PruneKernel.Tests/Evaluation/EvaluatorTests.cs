@@ -149,7 +149,8 @@ public sealed class EvaluatorTests : IDisposable
         Assert.Contains("LengthDependentRate(", report, StringComparison.Ordinal);
         Assert.Contains("Observed:", report, StringComparison.Ordinal);
 
-        Assert.True(figures.Count >= 11);
+        Assert.True(figures.Count >= 14);
+        Assert.Equal(3, analyses[EvalAnalyses.InformationFlow]!["layers"]!.AsArray().Count);
         foreach (var figure in figures)
         {
             Assert.True(File.Exists(figure), figure);
