@@ -365,6 +365,18 @@ public static class Evaluator
         return rows;
     }
 
+    /// <summary>
+    /// A token's text with its leading space: decoding one SentencePiece token alone drops the space its "▁" stands for,
+    /// so pieces are shown as they are (▁ and byte-level Ġ/Ċ mapped back); byte tokens (&lt;0x0A&gt;) are decoded.
+    /// </summary>
+    private static string TokenText(Lvlm model, int id)
+    {
+        var piece = model.Tokenizer.IdToToken(id);
+        return piece is null || (piece.StartsWith("<0x", StringComparison.Ordinal) && piece.EndsWith('>'))
+            ? model.Tokenizer.Decode([id], skipSpecialTokens: false)
+            : piece.Replace('▁', ' ').Replace('Ġ', ' ').Replace('Ċ', '\n');
+    }
+
     private static CaseStudyData? CaseStudy(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines, EvalPlan plan, CancellationToken ct)
     {
         var candidates = items.Select((item, i) => (item, i)).Where(x => x.item.Variant == "image").ToList();
@@ -378,7 +390,7 @@ public static class Evaluator
         var prompt = CreatePrompt(model, options.DataPath, pick.item, lines[pick.i]);
         var result = model.Generate(prompt, new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Temperature = 0, Pruning = plan.Default }, ct);
         var report = result.Pruning!;
-        var tokens = prompt.InputIds.Select((id, i) => prompt.Layout.Visual[i] ? "<image>" : model.Tokenizer.Decode([id], skipSpecialTokens: false)).ToArray();
+        var tokens = prompt.InputIds.Select((id, i) => prompt.Layout.Visual[i] ? "<image>" : TokenText(model, id)).ToArray();
         return new CaseStudyData(pick.item.Id, pick.item.Answer, result.Text, tokens, prompt.Layout.Visual,
             report.Layers.Select(l => l.Layer).ToArray(), report.Layers.Select(l => l.KeptIndices).ToArray());
     }
