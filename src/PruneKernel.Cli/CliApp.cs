@@ -14,6 +14,7 @@ internal static class CliApp
         root.Add(BenchCommand.Create());
         root.Add(TrainCommand.Create());
         root.Add(DatasetCommand.Create());
+        root.Add(EvalCommand.Create());
         return root;
     }
 

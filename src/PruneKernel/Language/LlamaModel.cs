@@ -65,6 +65,14 @@ internal sealed class LlamaAttention : nn.Module
     /// <summary>q, k and v stacked: the buffer the forward pass uses (training optimises it, not the views).</summary>
     public FusedProjection FusedQkv => _qkv;
 
+    /// <summary>
+    /// When set on the current thread, prompt passes (nothing cached) compute attention eagerly in float32 and append each
+    /// layer's probabilities [B, H, T, T] here, still attached to the autograd graph (the saliency analysis). The caller
+    /// owns and disposes them. Null (the default) leaves the fused path untouched.
+    /// </summary>
+    [ThreadStatic]
+    internal static List<Tensor>? CapturedProbabilities;
+
     public Linear q_proj { get; }
 
     public Linear k_proj { get; }
@@ -107,6 +115,26 @@ internal sealed class LlamaAttention : nn.Module
         {
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
             v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
+        }
+
+        if (CapturedProbabilities is { } capture && past == 0)
+        {
+            // Saliency analysis: attention computed eagerly so that its probabilities are part of the autograd graph.
+            using (torch.no_grad())
+            {
+                summary?.Compute(q, k);
+            }
+
+            var scores = torch.matmul(q.to(ScalarType.Float32), k.to(ScalarType.Float32).transpose(-2, -1)) / Math.Sqrt(_headDim);
+            if (t > 1)
+            {
+                scores = scores.masked_fill(torch.ones(t, t, dtype: ScalarType.Bool, device: x.device).triu(1), float.NegativeInfinity);
+            }
+
+            var probabilities = scores.softmax(-1);
+            capture.Add(probabilities.DetachFromDisposeScope());
+            var eager = torch.matmul(probabilities.to(q.dtype), v).transpose(1, 2).reshape(b, t, _heads * _headDim);
+            return o_proj.forward(eager).MoveToOuterDisposeScope();
         }
 
         summary?.Compute(q, k);
