@@ -37,6 +37,7 @@ public sealed class ReportBuilder
     private readonly StringBuilder _md = new();
     private readonly List<int> _groups;
     private readonly List<string> _figures = [];
+    private readonly List<(string Claim, string Verdict, string Evidence)> _claims = [];
 
     private ReportBuilder(EvalRun run, ReportContext context, string folder)
     {
@@ -90,6 +91,7 @@ public sealed class ReportBuilder
         }
 
         _md.AppendLine();
+        var summaryAt = _md.Length;
         var analyses = new JsonObject();
         _json["analyses"] = analyses;
         foreach (var a in plan.Analyses)
@@ -114,6 +116,7 @@ public sealed class ReportBuilder
             analyses[a] = node;
         }
 
+        WriteClaims(summaryAt);
         File.WriteAllText(Path.Combine(_folder, JsonFile), _json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         File.WriteAllText(Path.Combine(_folder, MarkdownFile), _md.ToString().Replace("\r\n", "\n", StringComparison.Ordinal), new UTF8Encoding(false));
     }
@@ -138,6 +141,14 @@ public sealed class ReportBuilder
         var falls = known.Count >= 2 && known[^1].Value < known[0].Value;
         var above = p.Zip(b).Count(x => x.First.Count > 0 && x.Second.Count > 0 && x.First.Value > x.Second.Value);
         _md.AppendLine(Inv, $"Against the paper's claim (accuracy falls with length; pruning raises it at every length): baseline falls from shortest to longest here: {(falls ? "yes" : "no")}; pruned above baseline in {above} of {_groups.Count} groups.").AppendLine();
+        if (known.Count >= 2)
+        {
+            Claim("Accuracy falls as the text context grows (fig. 1)", falls ? "reproduced" : "not reproduced",
+                I($"baseline {Pct(known[0].Value)} at the shortest group, {Pct(known[^1].Value)} at the longest"));
+        }
+
+        Claim("Pruning raises accuracy at every length (fig. 1, table 1)", Verdict(above, _groups.Count),
+            I($"pruned above baseline in {above} of {_groups.Count} groups, mean difference {Points(p.Zip(b).Average(x => x.First.Value - x.Second.Value))} points"));
         LinesFigure("fig1-accuracy-vs-length.png", "Accuracy vs context length", [("baseline", b), ($"pruned ({pruned})", p)]);
         return new JsonObject
         {
@@ -163,6 +174,9 @@ public sealed class ReportBuilder
         _md.AppendLine().AppendLine(Inv, $"Observed: {Compare("image", series[0].Item2, "white", series[1].Item2)} {Compare("image", series[0].Item2, "black", series[2].Item2)} "
             + $"{Trend("white-image accuracy", series[1].Item2)}").AppendLine();
         LinesFigure("fig2-text-only.png", "Baseline accuracy with the image and with white/black images", series);
+        var imageAbove = series[0].Item2.Zip(series[1].Item2).Count(x => x.First.Count > 0 && x.Second.Count > 0 && x.First.Value > x.Second.Value);
+        Claim("Answers depend on the image: accuracy drops with a white image (fig. 2)", Verdict(imageAbove, _groups.Count),
+            I($"image above white in {imageAbove} of {_groups.Count} groups, mean difference {Points(series[0].Item2.Zip(series[1].Item2).Average(x => x.First.Value - x.Second.Value))} points"));
         return new JsonObject
         {
             ["groups"] = Arr(_groups.Select((g, i) => (JsonNode?)new JsonObject
@@ -390,6 +404,9 @@ public sealed class ReportBuilder
         var topMethod = methods.Max(x => x.Second.Value);
         _md.AppendLine().AppendLine(Inv, $"Observed: the highest pruning accuracy, {Pct(topMethod)}, comes from {string.Join(", ", methods.Where(x => x.Second.Value == topMethod).Select(x => x.First))}; max pooling minus baseline: {Points(values[1].Value - baseline.Value)} points.").AppendLine();
         BarsFigure("fig9-scoring.png", "Accuracy by scoring method", labels, [("accuracy", values)]);
+        var best = methods.Where(x => x.Second.Value == topMethod).Select(x => x.First).ToList();
+        Claim("Max pooling over heads scores best among the pruning methods (fig. 9, table 3)", best.Contains(labels[1]) ? "reproduced" : "not reproduced",
+            I($"best: {string.Join(", ", best)} ({Pct(topMethod)}); {labels[1]}: {Pct(values[1].Value)}"));
         return node;
     }
 
@@ -518,6 +535,12 @@ public sealed class ReportBuilder
         var both = layers.Where(l => double.IsFinite(dvisBase[l]) && double.IsFinite(dvisPruned[l])).ToList();
         _md.AppendLine().AppendLine(both.Count == 0 ? "Observed: no layer has both measurements."
             : I($"Observed: in {both.Count(l => dvisPruned[l] > dvisBase[l])} of {both.Count} pruning layers D_vis is higher with pruning than without (mean {F3(both.Average(l => dvisBase[l]))} → {F3(both.Average(l => dvisPruned[l]))}); entropy {F3(both.Select(l => entBase[l]).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average())} → {F3(both.Select(l => entPruned[l]).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average())}.")).AppendLine();
+        if (both.Count > 0)
+        {
+            Claim("Pruning raises the attention share on visual tokens, D_vis (fig. 5)", Verdict(both.Count(l => dvisPruned[l] > dvisBase[l]), both.Count),
+                I($"higher in {both.Count(l => dvisPruned[l] > dvisBase[l])} of {both.Count} pruning layers, mean {F3(both.Average(l => dvisBase[l]))} → {F3(both.Average(l => dvisPruned[l]))}"));
+        }
+
         var xs = layers.Select(l => (double)l).ToList();
         Charts.Lines(Fig("fig5-dvis.png"), "D_vis per layer (last prompt token)", "decoder layer", "attention share on visual tokens", xs,
             [new Series("baseline", dvisBase), new Series("pruned (layer input)", dvisPruned)], layers.Select(l => l.ToString(Inv)).ToList(), yLimits: (0, 1.05));
@@ -649,6 +672,35 @@ public sealed class ReportBuilder
     private static Series Ser(string label, IReadOnlyList<Proportion> values, bool withInterval = true) => new(label,
         values.Select(v => v.Count == 0 ? double.NaN : v.Value).ToArray(),
         withInterval ? values.Select(v => v.Low).ToArray() : null, withInterval ? values.Select(v => v.High).ToArray() : null);
+
+    private void Claim(string claim, string verdict, string evidence) => _claims.Add((claim, verdict, evidence));
+
+    private static string Verdict(int holds, int of) => holds == of ? "reproduced" : holds == 0 ? "not reproduced" : I($"partly ({holds} of {of})");
+
+    /// <summary>The paper's claims this run could test, with what the data says, placed before the analyses.</summary>
+    private void WriteClaims(int at)
+    {
+        var section = new StringBuilder();
+        section.AppendLine("## Against the paper: what reproduced and what did not").AppendLine();
+        if (_claims.Count == 0)
+        {
+            section.AppendLine("No analysis that tests one of the paper's claims was run.").AppendLine();
+        }
+        else
+        {
+            section.AppendLine("Computed from the tables below (directions of point estimates; see each section for intervals).").AppendLine();
+            section.AppendLine("| the paper's claim | here | evidence |").AppendLine("|---|---|---|");
+            foreach (var (claim, verdict, evidence) in _claims)
+            {
+                section.AppendLine(Inv, $"| {claim} | {verdict} | {evidence} |");
+            }
+
+            section.AppendLine();
+        }
+
+        _md.Insert(at, section.ToString());
+        _json["claims"] = Arr(_claims.Select(c => (JsonNode?)new JsonObject { ["claim"] = c.Claim, ["verdict"] = c.Verdict, ["evidence"] = c.Evidence }));
+    }
 
     private static JsonObject P(Proportion p) => new()
     {

@@ -149,6 +149,15 @@ public sealed class EvaluatorTests : IDisposable
         Assert.Contains("LengthDependentRate(", report, StringComparison.Ordinal);
         Assert.Contains("Observed:", report, StringComparison.Ordinal);
 
+        // The claims summary sits before the first analysis and agrees with the fig. 1 numbers it summarises.
+        Assert.True(report.IndexOf("## Against the paper", StringComparison.Ordinal) < report.IndexOf("## Fig. 1", StringComparison.Ordinal));
+        var claims = json["claims"]!.AsArray();
+        Assert.Equal(5, claims.Count);
+        var groups = analyses[EvalAnalyses.Length]!["groups"]!.AsArray();
+        var above = groups.Count(g => (int)g!["pruned"]!["n"]! > 0 && (double)g!["pruned"]!["accuracy"]! > (double)g!["baseline"]!["accuracy"]!);
+        var expected = above == groups.Count ? "reproduced" : above == 0 ? "not reproduced" : $"partly ({above} of {groups.Count})";
+        Assert.Equal(expected, (string)claims.Single(c => ((string)c!["claim"]!).StartsWith("Pruning raises accuracy", StringComparison.Ordinal))!["verdict"]!);
+
         Assert.True(figures.Count >= 14);
         Assert.Equal(3, analyses[EvalAnalyses.InformationFlow]!["layers"]!.AsArray().Count);
         foreach (var figure in figures)
