@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 import transformers
 from transformers import (AutoTokenizer, CLIPImageProcessor, DeepseekVLForConditionalGeneration,
                           DeepseekVLHybridForConditionalGeneration, LlavaForConditionalGeneration,
-                          LlavaNextForConditionalGeneration, LlavaNextImageProcessor, VipLlavaForConditionalGeneration)
+                          LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                          LlavaNextVideoForConditionalGeneration, VipLlavaForConditionalGeneration)
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -38,7 +39,7 @@ SCENARIOS = [
     {"name": "once-mean-pervisiblequery", "schedule": "once", "aggregation": "mean", "normalization": "per_visible_query"},
 ]
 RATE, START, LAYERS = 0.3, 0, 2
-MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny",
+MODELS = ["llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny", "llava-next-video-tiny",
           "deepseek-vl-hybrid-tiny"]
 
 
@@ -175,14 +176,15 @@ def main():
         family = json.load(open(os.path.join(folder, "config.json")))["model_type"]
         cls = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration,
                "llava_next": LlavaNextForConditionalGeneration, "deepseek_vl": DeepseekVLForConditionalGeneration,
-               "deepseek_vl_hybrid": DeepseekVLHybridForConditionalGeneration}[family]
+               "deepseek_vl_hybrid": DeepseekVLHybridForConditionalGeneration,
+               "llava_next_video": LlavaNextVideoForConditionalGeneration}[family]
         model = cls.from_pretrained(folder, dtype=torch.float32).eval()
         # Every fixture shares the Llama 2 vocabulary; the folder with tokenizer.json gives transformers' canonical ids
         # (AutoTokenizer rebuilt from tokenizer.model + a transformers-5 tokenizer_config drops BOS and the prefix space).
         tok = AutoTokenizer.from_pretrained(os.path.join(a.fixtures, "models", "llava-tiny-f32"))
         image = Image.open(os.path.join(a.fixtures, "images", "img03.png"))
         extra = {}
-        if family == "llava_next":
+        if family in ("llava_next", "llava_next_video"):  # NeXT-Video takes images exactly as LLaVA-NeXT
             proc = LlavaNextImageProcessor.from_pretrained(folder)
             batch = proc(images=image, return_tensors="pt")
             pv, extra["image_sizes"] = batch["pixel_values"], batch["image_sizes"]

@@ -9,13 +9,7 @@ public sealed class CliTests
     private static readonly string Model = Fixtures.Model("llava-tiny-f32");
     private static readonly string Image = Fixtures.Path("images", "img03.png");
 
-    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
-    {
-        using var output = new StringWriter();
-        using var error = new StringWriter();
-        var code = await CliApp.RunAsync(args, output, error, TestContext.Current.CancellationToken);
-        return (code, output.ToString(), error.ToString());
-    }
+    private static Task<(int Code, string Out, string Err)> Run(params string[] args) => CliRunner.Run(args);
 
     [Fact]
     public async Task GenerateJsonHasTheDocumentedFields()

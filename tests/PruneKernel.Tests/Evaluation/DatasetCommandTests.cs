@@ -1,4 +1,4 @@
-using PruneKernel.Cli;
+using PruneKernel.Tests.Cli;
 using PruneKernel.Evaluation.Datasets;
 
 namespace PruneKernel.Tests.Evaluation;
@@ -6,13 +6,7 @@ namespace PruneKernel.Tests.Evaluation;
 /// <summary><c>prunekernel dataset build</c> end to end on a temporary folder, and its option errors.</summary>
 public sealed class DatasetCommandTests
 {
-    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
-    {
-        using var output = new StringWriter();
-        using var error = new StringWriter();
-        var code = await CliApp.RunAsync(args, output, error, TestContext.Current.CancellationToken);
-        return (code, output.ToString(), error.ToString());
-    }
+    private static Task<(int Code, string Out, string Err)> Run(params string[] args) => CliRunner.Run(args);
 
     [Fact]
     public async Task BuildWritesRowsImagesAndManifest()

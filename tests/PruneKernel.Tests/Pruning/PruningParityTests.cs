@@ -18,7 +18,7 @@ public sealed class PruningParityTests
     public static TheoryData<string, string> Cases()
     {
         var data = new TheoryData<string, string>();
-        foreach (var model in new[] { "llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny", "deepseek-vl-hybrid-tiny" })
+        foreach (var model in new[] { "llava-tiny-f32", "llava-tiny-gqa-rope-hub-sharded", "vip-llava-tiny", "llava-next-tiny-vicuna", "deepseek-vl-tiny", "deepseek-vl-hybrid-tiny", "llava-next-video-tiny" })
         {
             using var json = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("pruning", model + ".json")));
             foreach (var scenario in json.RootElement.GetProperty("scenarios").EnumerateObject())
