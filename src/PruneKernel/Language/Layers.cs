@@ -161,3 +161,30 @@ internal sealed class Embedding : nn.Module
 
     public Tensor forward(Tensor ids) => weight.index_select(0, ids.flatten()).reshape([.. ids.shape, weight.shape[1]]);
 }
+
+/// <summary>
+/// Linear, activation, linear: the feed-forward of CLIP and SAM blocks. The two maps are registered under the
+/// checkpoint's names (CLIP: fc1/fc2, SAM: lin1/lin2), so loading stays a name walk.
+/// </summary>
+internal sealed class TwoLayerMlp : nn.Module
+{
+    private readonly Func<Tensor, Tensor> _activation;
+    private readonly Linear _first;
+    private readonly Linear _second;
+
+    public TwoLayerMlp(string firstName, string secondName, long width, long hidden, Func<Tensor, Tensor> activation, ScalarType dtype, Device device)
+        : base(nameof(TwoLayerMlp))
+    {
+        _activation = activation;
+        _first = new Linear(width, hidden, true, dtype, device);
+        _second = new Linear(hidden, width, true, dtype, device);
+        register_module(firstName, _first);
+        register_module(secondName, _second);
+    }
+
+    public Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return _second.forward(_activation(_first.forward(x))).MoveToOuterDisposeScope();
+    }
+}

@@ -105,31 +105,6 @@ internal sealed class ClipAttention : nn.Module
     }
 }
 
-/// <summary>CLIP's feed-forward (fc1, activation, fc2).</summary>
-internal sealed class ClipMlp : nn.Module
-{
-    private readonly Func<Tensor, Tensor> _act;
-
-    public ClipMlp(VisionConfig c, ScalarType dtype, Device device) : base(nameof(ClipMlp))
-    {
-        _act = Activations.Resolve(c.HiddenAct, "vision hidden_act");
-        fc1 = new Linear(c.HiddenSize, c.IntermediateSize, true, dtype, device);
-        fc2 = new Linear(c.IntermediateSize, c.HiddenSize, true, dtype, device);
-        register_module("fc1", fc1);
-        register_module("fc2", fc2);
-    }
-
-    public Linear fc1 { get; }
-
-    public Linear fc2 { get; }
-
-    public Tensor forward(Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        return fc2.forward(_act(fc1.forward(x))).MoveToOuterDisposeScope();
-    }
-}
-
 /// <summary>One pre-norm CLIP encoder block.</summary>
 internal sealed class ClipEncoderLayer : nn.Module
 {
@@ -137,7 +112,7 @@ internal sealed class ClipEncoderLayer : nn.Module
     {
         self_attn = new ClipAttention(c, dtype, device);
         layer_norm1 = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
-        mlp = new ClipMlp(c, dtype, device);
+        mlp = new TwoLayerMlp("fc1", "fc2", c.HiddenSize, c.IntermediateSize, Activations.Resolve(c.HiddenAct, "vision hidden_act"), dtype, device);
         layer_norm2 = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
         register_module("self_attn", self_attn);
         register_module("layer_norm1", layer_norm1);
@@ -149,7 +124,7 @@ internal sealed class ClipEncoderLayer : nn.Module
 
     public LayerNorm layer_norm1 { get; }
 
-    public ClipMlp mlp { get; }
+    public TwoLayerMlp mlp { get; }
 
     public LayerNorm layer_norm2 { get; }
 

@@ -82,31 +82,6 @@ internal sealed class SamVisionAttention : nn.Module
     }
 }
 
-/// <summary>SAM's MLP (lin1, activation, lin2).</summary>
-internal sealed class SamMlpBlock : nn.Module
-{
-    private readonly Func<Tensor, Tensor> _act;
-
-    public SamMlpBlock(SamVisionConfig c, ScalarType dtype, Device device) : base(nameof(SamMlpBlock))
-    {
-        _act = Activations.Resolve(c.HiddenAct, "high_res_vision_config hidden_act");
-        lin1 = new Linear(c.HiddenSize, c.MlpDim, true, dtype, device);
-        lin2 = new Linear(c.MlpDim, c.HiddenSize, true, dtype, device);
-        register_module("lin1", lin1);
-        register_module("lin2", lin2);
-    }
-
-    public Linear lin1 { get; }
-
-    public Linear lin2 { get; }
-
-    public Tensor forward(Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        return lin2.forward(_act(lin1.forward(x))).MoveToOuterDisposeScope();
-    }
-}
-
 /// <summary>One pre-norm SAM block; windowed layers split the (zero-padded) grid into windows around attention.</summary>
 internal sealed class SamVisionLayer : nn.Module
 {
@@ -118,7 +93,7 @@ internal sealed class SamVisionLayer : nn.Module
         layer_norm1 = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
         attn = new SamVisionAttention(c, window > 0 ? window : c.GridSize, dtype, device);
         layer_norm2 = new LayerNorm(c.HiddenSize, c.LayerNormEps, dtype, device);
-        mlp = new SamMlpBlock(c, dtype, device);
+        mlp = new TwoLayerMlp("lin1", "lin2", c.HiddenSize, c.MlpDim, Activations.Resolve(c.HiddenAct, "high_res_vision_config hidden_act"), dtype, device);
         register_module("layer_norm1", layer_norm1);
         register_module("attn", attn);
         register_module("layer_norm2", layer_norm2);
@@ -131,7 +106,7 @@ internal sealed class SamVisionLayer : nn.Module
 
     public LayerNorm layer_norm2 { get; }
 
-    public SamMlpBlock mlp { get; }
+    public TwoLayerMlp mlp { get; }
 
     /// <summary>x [N, H, W, D] to [N, H, W, D].</summary>
     public Tensor forward(Tensor x)
