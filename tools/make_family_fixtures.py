@@ -197,13 +197,18 @@ def vip_llava(tok, out, image, tokenizer_model):
     write_golden(folder, gold, meta)
 
 
+def tiny_siglip(config_class):
+    """The SigLIP tower both DeepSeek-VL fixtures use: 3 layers on 32 px images with 8 px patches."""
+    return config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                        image_size=32, patch_size=8, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+
 @family("deepseek-vl-tiny")
 def deepseek_vl(tok, out, image, tokenizer_model):
     from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration, SiglipVisionConfig
     name = "deepseek-vl-tiny"
     torch.manual_seed(sum(map(ord, name)))
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                image_size=32, patch_size=8, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    vision = tiny_siglip(SiglipVisionConfig)
     text = base.text_config("llama", 16, 2, 2, 3, 10000.0, None)
     cfg = DeepseekVLConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_id=IMAGE_TOKEN_ID,
                            pad_token_id=PAD_TOKEN_ID, tie_word_embeddings=False)
@@ -271,8 +276,7 @@ def deepseek_vl_hybrid(tok, out, image, tokenizer_model):
     from transformers import DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration, SamVisionConfig, SiglipVisionConfig
     name = "deepseek-vl-hybrid-tiny"
     torch.manual_seed(sum(map(ord, name)))
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                image_size=32, patch_size=8, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    vision = tiny_siglip(SiglipVisionConfig)
     # 64 px / 8 = an 8x8 token grid; 3x3 windows need padding to 9x9; layer 1 attends globally and feeds the second neck
     high = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=3, num_attention_heads=2, num_channels=3,
                            image_size=64, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, mlp_dim=64,
