@@ -170,6 +170,13 @@ def write_golden(folder, gold, meta, suffix=""):
     print(json.dumps(meta), flush=True)
 
 
+def expanded_ids(tok, prompt, image_tokens):
+    """The prompt's ids with its one <image> placeholder expanded to the image's token count, as the processors do."""
+    ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    pos = ids.index(IMAGE_TOKEN_ID)
+    return ids[:pos] + [IMAGE_TOKEN_ID] * image_tokens + ids[pos + 1:]
+
+
 @family("vip-llava-tiny")
 def vip_llava(tok, out, image, tokenizer_model):
     from transformers import VipLlavaConfig, VipLlavaForConditionalGeneration
@@ -185,9 +192,7 @@ def vip_llava(tok, out, image, tokenizer_model):
     proc = base.clip_processor(base.PROCESSORS["clip32"][0])
     folder = os.path.join(out, "models", name)
     save_model(model, tok, proc, folder, "vicuna", tokenizer_model)
-    ids = tok(PROMPTS["vicuna"], add_special_tokens=True)["input_ids"]
-    pos = ids.index(IMAGE_TOKEN_ID)
-    ids = ids[:pos] + [IMAGE_TOKEN_ID] * 16 + ids[pos + 1:]
+    ids = expanded_ids(tok, PROMPTS["vicuna"], 16)
     input_ids = torch.tensor([ids])
     pv = proc(images=Image.open(image), return_tensors="pt")["pixel_values"].float()
     inputs = {"input_ids": input_ids, "pixel_values": pv, "attention_mask": torch.ones_like(input_ids)}
@@ -219,9 +224,7 @@ def deepseek_vl(tok, out, image, tokenizer_model):
                     do_pad=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True)
     folder = os.path.join(out, "models", name)
     save_model(model, tok, proc, folder, "vicuna", tokenizer_model)
-    ids = tok(PROMPTS["vicuna"], add_special_tokens=True)["input_ids"]
-    pos = ids.index(IMAGE_TOKEN_ID)
-    ids = ids[:pos] + [IMAGE_TOKEN_ID] * 16 + ids[pos + 1:]
+    ids = expanded_ids(tok, PROMPTS["vicuna"], 16)
     input_ids = torch.tensor([ids])
     for img_name in ("img03.png", "img04.png"):
         pv = proc(images=Image.open(os.path.join(os.path.dirname(image), img_name)).convert("RGB"), return_tensors="pt")["pixel_values"].float()
@@ -301,9 +304,7 @@ def deepseek_vl_hybrid(tok, out, image, tokenizer_model):
                     rescale_factor=1 / 255, do_normalize=True)
     folder = os.path.join(out, "models", name)
     save_model(model, tok, proc, folder, "vicuna", tokenizer_model)
-    ids = tok(PROMPTS["vicuna"], add_special_tokens=True)["input_ids"]
-    pos = ids.index(IMAGE_TOKEN_ID)
-    ids = ids[:pos] + [IMAGE_TOKEN_ID] * 16 + ids[pos + 1:]
+    ids = expanded_ids(tok, PROMPTS["vicuna"], 16)
     input_ids = torch.tensor([ids])
     for img_name in ("img03.png", "img04.png"):
         batch = proc(images=Image.open(os.path.join(os.path.dirname(image), img_name)).convert("RGB"), return_tensors="pt")
