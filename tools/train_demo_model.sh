@@ -19,26 +19,28 @@ build() { # split scenes groups variants seed...
   for seed in "$@"; do
     # Training rows carry no misleading cue: a cue always points away from the answer, so a model trained on cued rows
     # learns to invert it; cues are for the test split.
-    local cues=0.3; case $split in train*) cues=0;; esac
-    if pk dataset build --scenes "$scenes" --groups "$groups" --variants "$variants" --split "$split" --seed "$seed" --misleading-rate $cues --model $tok --out "$W/data" > "$W/build-$split.txt" 2>&1; then
+    # Training rows also carry drills (one-word questions about the scene answered inside the context): many
+    # image-grounded targets per row instead of one.
+    local cues=0.3 drills=0; case $split in train*) cues=0; drills=${DRILLS:-8};; esac
+    if pk dataset build --scenes "$scenes" --groups "$groups" --variants "$variants" --split "$split" --seed "$seed" --misleading-rate $cues --drill-turns $drills --model $tok --out "$W/data" > "$W/build-$split.txt" 2>&1; then
       grep -v "^ *at " "$W/build-$split.txt" | tail -7; return 0
     fi
     echo "build $split seed $seed failed: $(grep -m1 -o 'could not[^)]*' "$W/build-$split.txt")"
   done
   return 1
 }
-build train "${TRAIN_SCENES:-10000}" 150,250,500 image 11 21 31 || build train "${TRAIN_SCENES:-10000}" 250,500 image 41
+build train "${TRAIN_SCENES:-20000}" 150,250,500 image 11 21 31 || build train "${TRAIN_SCENES:-20000}" 250,500 image 41
 build train1k "${LONG_SCENES:-1200}" 1000 image 12 22 32
 build test "${TEST_SCENES:-150}" 500,1000,1500,2000,2500 image,white 13 23 33
 cat "$W/data/train.jsonl" "$W/data/train1k.jsonl" > "$W/data/trainall.jsonl"
 wc -l "$W/data/"*.jsonl
 now=$(date +%s)
-# After the loop: corpus loading (~40 s), save, goldens, accuracy (<= 60 s), transformers check (~40 s).
-loop=$((start + budget - now - 190))
+# Besides the loop: corpus loading (~70 s for 60,000 rows), save, goldens, accuracy (<= 60 s), transformers check (~40 s).
+loop=$((start + budget - now - ${RESERVE_S:-240}))
 minutes=$(python3 -c "print(round(max(30, $loop) / 60, 3))")
 echo "build took $((now - start)) s; training for $minutes min"
 timeout $((start + budget - now - 45)) bash .device/run.sh train --data "$W/data/trainall.jsonl" --eval-data "$W/data/test.jsonl" \
-  --out "$W/model" --preset "${PRESET:-demo}" --minutes "$minutes" --batch-size "${BATCH:-64}" --lr "${LR:-2e-3}" --warmup 100 \
+  --out "$W/model" --preset "${PRESET:-deep}" --minutes "$minutes" --batch-size "${BATCH:-64}" --lr "${LR:-1.5e-3}" --warmup 200 \
   --context-loss "${CONTEXT_LOSS:-1.0}" --seed 0 --device "${DEVICE:-cuda}" --tokenizer $tok --eval-every 250 \
   --accuracy-rows 1500 --accuracy-seconds 60 --golden-rows 4 --golden-out "$W/golden" 2>&1 | tee "$W/train_stdout.txt" | grep -v "^step .*[1-9]0/" 
 left=$((start + budget - $(date +%s)))

@@ -29,9 +29,10 @@ internal static class DatasetCommand
         var misleading = new Option<double>("--misleading-rate") { Description = "Share of scenes whose contexts carry a misleading cue.", DefaultValueFactory = _ => defaults.MisleadingRate };
         var kinds = new Option<string[]>("--kinds") { Description = "Question kinds: colour, existence, count, position (comma-separated; default all).", AllowMultipleArgumentsPerToken = true };
         var split = new Option<string>("--split") { Description = "Split name: rows go to <split>.jsonl.", DefaultValueFactory = _ => defaults.Split };
+        var drills = new Option<int>("--drill-turns") { Description = "Training data: up to this many one-word questions about the scene answered inside each context (default 0).", DefaultValueFactory = _ => defaults.DrillTurns };
         var threads = new Option<int?>("--threads") { Description = "Worker threads (default: all cores); the output does not depend on it." };
         var command = new Command("build", "Generate scenes, contexts fitted to token-length groups, questions and text-only variants.");
-        foreach (var option in new Option[] { output, model, scenes, seed, groups, variants, imageSize, misleading, kinds, split, threads })
+        foreach (var option in new Option[] { output, model, scenes, seed, groups, variants, imageSize, misleading, kinds, split, drills, threads })
         {
             command.Add(option);
         }
@@ -50,6 +51,7 @@ internal static class DatasetCommand
                 MisleadingRate = r.GetValue(misleading),
                 QuestionKinds = r.GetValue(kinds) is { Length: > 0 } k ? [.. List(k).Select(x => x == "color" ? "colour" : x)] : defaults.QuestionKinds,
                 Split = r.GetValue(split)!,
+                DrillTurns = r.GetValue(drills),
                 MaxDegreeOfParallelism = r.GetValue(threads),
             };
             var result = await Task.Run(() => DatasetBuilder.Build(options, ct), ct);

@@ -15,8 +15,8 @@ internal static class TrainCommand
         var data = new Option<FileInfo?>("--data") { Description = "Training rows (benchmark JSONL); required unless --accuracy-only." };
         var evalData = new Option<FileInfo?>("--eval-data") { Description = "Held-out rows: loss during training, greedy accuracy at the end." };
         var output = new Option<DirectoryInfo>("--out") { Description = "Model folder to write.", Required = true };
-        var preset = new Option<string>("--preset") { Description = "demo or tiny.", DefaultValueFactory = _ => "demo" };
-        preset.AcceptOnlyFromAmong("demo", "tiny");
+        var preset = new Option<string>("--preset") { Description = "demo, deep or tiny.", DefaultValueFactory = _ => "demo" };
+        preset.AcceptOnlyFromAmong("demo", "deep", "tiny");
         var steps = new Option<int?>("--steps") { Description = "Optimiser steps." };
         var minutes = new Option<double?>("--minutes") { Description = "Wall-clock budget of the loop (the schedule follows the estimate)." };
         var batch = new Option<int>("--batch-size") { DefaultValueFactory = _ => 16 };

@@ -39,6 +39,14 @@ public sealed record DatasetBuildOptions
     /// <summary>Split name: the rows go to &lt;split&gt;.jsonl and image names start with it.</summary>
     public string Split { get; init; } = "test";
 
+    /// <summary>
+    /// Training data only: up to this many drills per row (0, the default, for none), one-word questions about the scene
+    /// answered in the context ("How many stars are there?" / "2"), placed among the exchanges and given at most half of
+    /// the group's room. They obey the same rules as the rest of the context (never an answer of the final question's
+    /// kind, never its hidden kinds), and give a row many image-grounded targets instead of one.
+    /// </summary>
+    public int DrillTurns { get; init; }
+
     /// <summary>Worker threads (null: all cores); the output does not depend on it.</summary>
     public int? MaxDegreeOfParallelism { get; init; }
 
@@ -60,6 +68,7 @@ public sealed record DatasetBuildOptions
         Require(QuestionKinds.Distinct().Count() == QuestionKinds.Count, "--kinds: kinds must be distinct.");
         Require(!string.IsNullOrWhiteSpace(Split) && Split.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_'), $"--split: '{Split}' must be letters, digits, '-' or '_'.");
         Require(MaxDegreeOfParallelism is null or > 0, "--threads: must be positive.");
+        Require(DrillTurns is >= 0 and <= 64, $"--drill-turns: {DrillTurns} must be between 0 and 64.");
     }
 
     private static void Require(bool condition, string problem)

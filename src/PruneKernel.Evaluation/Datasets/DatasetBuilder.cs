@@ -110,7 +110,8 @@ public static class DatasetBuilder
             int tokens;
             try
             {
-                (turns, tokens) = fitter.Fit(writer, groupRng, t => template with { Context = t }, group, misleading ? question.MisleadingCue : null);
+                (turns, tokens) = fitter.Fit(writer, groupRng, t => template with { Context = t }, group, misleading ? question.MisleadingCue : null,
+                    writer.Drills(options.DrillTurns));
             }
             catch (DatasetGenerationException e)
             {
@@ -182,6 +183,7 @@ public static class DatasetBuilder
                 ["misleading_rate"] = options.MisleadingRate,
                 ["kinds"] = new JsonArray([.. options.QuestionKinds.Select(k => (JsonNode?)k)]),
                 ["split"] = options.Split,
+                ["drill_turns"] = options.DrillTurns,
                 ["tokenizer"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.ModelFolder))),
             },
             ["rows"] = rows.Count,

@@ -71,6 +71,25 @@ public sealed record LlavaModelSpec
         PatchSize = 16,
     };
 
+    /// <summary>
+    /// A deeper demonstration model (~7.9M parameters): 12 decoder layers, so that the paper's m = 10 pruning layers
+    /// leave deep layers unpruned, and a wider, deeper vision tower.
+    /// </summary>
+    public static LlavaModelSpec Deep { get; } = new()
+    {
+        Name = "deep",
+        HiddenSize = 128,
+        IntermediateSize = 384,
+        Layers = 12,
+        Heads = 4,
+        VisionHiddenSize = 128,
+        VisionIntermediateSize = 512,
+        VisionLayers = 6,
+        VisionHeads = 4,
+        ImageSize = 224,
+        PatchSize = 16,
+    };
+
     /// <summary>A model small enough for CPU tests: 16 visual tokens of a 32-pixel image.</summary>
     public static LlavaModelSpec Tiny { get; } = new()
     {
@@ -87,13 +106,14 @@ public sealed record LlavaModelSpec
         PatchSize = 8,
     };
 
-    /// <summary>The preset called <paramref name="name"/> (demo or tiny).</summary>
+    /// <summary>The preset called <paramref name="name"/> (demo, deep or tiny).</summary>
     /// <exception cref="PruneKernelException">No preset has that name.</exception>
     public static LlavaModelSpec Preset(string name) => name.ToLowerInvariant() switch
     {
         "demo" => Demo,
+        "deep" => Deep,
         "tiny" => Tiny,
-        _ => throw new PruneKernelException($"Unknown model preset '{name}' (known: demo, tiny)."),
+        _ => throw new PruneKernelException($"Unknown model preset '{name}' (known: demo, deep, tiny)."),
     };
 
     /// <summary>config.json as transformers 5's LlavaConfig writes it.</summary>

@@ -144,7 +144,7 @@ internal sealed class LlavaTrainer : IDisposable
     /// One forward pass over a right-padded batch; logits and labels at the answer targets and (when asked and present)
     /// at the assistant context-turn targets.
     /// </summary>
-    private ((Tensor Logits, Tensor Labels) Answers, (Tensor Logits, Tensor Labels)? Context) Forward(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, bool withContext)
+    private ((Tensor Logits, Tensor Labels) Answers, (Tensor Logits, Tensor Labels, Tensor Weights)? Context) Forward(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, bool withContext)
     {
         var device = Model.Device;
         var length = batch.Max(e => e.InputIds.Length);
@@ -155,6 +155,8 @@ internal sealed class LlavaTrainer : IDisposable
         var answerLabels = new List<long>();
         var contextPositions = new List<long>();
         var contextLabels = new List<long>();
+        var contextWeights = new List<float>();
+        var contextTurns = batch.Sum(e => e.ExtraTargets.Count(s => s.End > s.Start));
         for (var b = 0; b < batch.Count; b++)
         {
             var row = batch[b].InputIds;
@@ -178,6 +180,9 @@ internal sealed class LlavaTrainer : IDisposable
                 foreach (var (start, end) in batch[b].ExtraTargets)
                 {
                     Predict(start, end, contextPositions, contextLabels);
+                    // Every turn weighs the same, whatever its length: a one-word drill answer counts as much as a
+                    // long description whose words are mostly predictable from the text.
+                    contextWeights.AddRange(Enumerable.Repeat(1f / ((end - start) * (float)contextTurns), end - start));
                 }
             }
 
@@ -194,13 +199,20 @@ internal sealed class LlavaTrainer : IDisposable
         (Tensor, Tensor) At(List<long> positions, List<long> labels) =>
             (nn.functional.linear(flat.index_select(0, torch.tensor(positions.ToArray(), device: device)), head),
              torch.tensor(labels.ToArray(), device: device));
-        return (At(answerPositions, answerLabels), contextPositions.Count > 0 ? At(contextPositions, contextLabels) : null);
+        if (contextPositions.Count == 0)
+        {
+            return (At(answerPositions, answerLabels), null);
+        }
+
+        var (contextLogits, labels) = At(contextPositions, contextLabels);
+        return (At(answerPositions, answerLabels), (contextLogits, labels, torch.tensor(contextWeights.ToArray(), device: device)));
     }
 
     /// <summary>
     /// The training objective (with the graph): mean cross-entropy over the batch's answer tokens, plus
-    /// <see cref="TrainingOptions.ContextLossWeight"/> times the mean over its assistant context-turn tokens. Two means, so
-    /// the few answer tokens are not drowned by the many context tokens.
+    /// <see cref="TrainingOptions.ContextLossWeight"/> times the mean over its assistant context turns of each turn's mean
+    /// token cross-entropy. Separate means, so the few answer tokens are not drowned by the many context tokens, nor
+    /// short turns by long ones.
     /// </summary>
     public Tensor Loss(IReadOnlyList<TrainingExample> batch, Tensor pixelBank)
     {
@@ -209,7 +221,8 @@ internal sealed class LlavaTrainer : IDisposable
         var loss = nn.functional.cross_entropy(answers.Logits, answers.Labels);
         if (context is { } c)
         {
-            loss = loss + (_options.ContextLossWeight * nn.functional.cross_entropy(c.Logits, c.Labels));
+            var perToken = nn.functional.cross_entropy(c.Logits, c.Labels, reduction: nn.Reduction.None);
+            loss = loss + (_options.ContextLossWeight * (perToken * c.Weights).sum());
         }
 
         return loss.MoveToOuterDisposeScope();

@@ -149,6 +149,24 @@ public sealed class TrainingTests : IDisposable
     }
 
     [Fact]
+    public void EveryContextTurnWeighsTheSameWhateverItsLength()
+    {
+        var config = LlavaConfig.Load(Folder);
+        using var corpus = Corpus(config, contextTurns: true);
+        using var answersOnly = new LlavaTrainer(config, new TrainingOptions { Seed = 3 }, TorchRuntime.ResolveDevice("cpu"));
+        using var withContext = new LlavaTrainer(config, new TrainingOptions { Seed = 3, ContextLossWeight = 1 }, TorchRuntime.ResolveDevice("cpu"));
+        using var noGrad = torch.no_grad();
+        double ContextTerm(List<TrainingExample> batch) => withContext.Loss(batch, corpus.Pixels).item<float>() - answersOnly.Loss(batch, corpus.Pixels).item<float>();
+
+        // Rows 0, 1, 2 have one context turn each, of three different lengths: the batch's term is the plain mean of the
+        // rows' terms (a mean over tokens would weigh the longest turn most).
+        var rows = corpus.Examples.Take(3).ToList();
+        Assert.Equal(3, rows.Select(r => r.ExtraTargets[0].End - r.ExtraTargets[0].Start).Distinct().Count());
+        var single = rows.Select(r => ContextTerm([r])).ToList();
+        Assert.Equal(single.Average(), ContextTerm(rows), 4);
+    }
+
+    [Fact]
     public void SafetensorsWriterRoundTripsThroughTheReader()
     {
         var folder = Directory.CreateDirectory(Path.Combine(_dir, "st")).FullName;

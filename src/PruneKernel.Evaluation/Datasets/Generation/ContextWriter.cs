@@ -15,6 +15,9 @@ internal sealed class Exchange(string user, List<Sentence> assistant)
     /// <summary>Holds the misleading cue: the exchange is never removed (its removable sentences may be).</summary>
     public bool Locked { get; set; }
 
+    /// <summary>A drill: never removed, never grown, never hosts the cue.</summary>
+    public bool Drill { get; init; }
+
     public string AssistantText => string.Join(" ", Assistant.Select(s => s.Text));
 }
 
@@ -83,6 +86,31 @@ internal sealed class ContextWriter
         }
 
         return Style() ?? new Exchange("Please go on.", [new Sentence(ShortFiller(), false)]);
+    }
+
+    /// <summary>
+    /// Up to <paramref name="max"/> drills: a question about the scene and its one-word answer, each checked like every
+    /// other sentence (so a drill never names a possible answer of the final question's kind, nor its hidden kinds).
+    /// Training data only: they put many image-grounded targets into one row.
+    /// </summary>
+    public List<Exchange> Drills(int max)
+    {
+        var drills = new List<Exchange>();
+        if (max <= 0)
+        {
+            return drills;
+        }
+
+        foreach (var (question, answer) in QuestionFactory.Drills(_rng, _scene))
+        {
+            var user = question + " " + BenchmarkPrompt.AnswerInstruction;
+            if (drills.Count < max && Allowed(user) && Allowed(answer))
+            {
+                drills.Add(new Exchange(user, [new Sentence(answer, false)]) { Locked = true, Drill = true });
+            }
+        }
+
+        return drills;
     }
 
     /// <summary>A brief exchange (about ten tokens) for short groups.</summary>

@@ -118,6 +118,42 @@ internal static class QuestionFactory
         throw new InvalidOperationException($"scene {sceneId}: no valid {kind.Name()} question after {SceneTries} tries");
     }
 
+    /// <summary>
+    /// Questions about the scene itself that one word answers, for training drills, in random order: the colour of each
+    /// kind seen once, the count of each kind present, and as many left/right or above/below pairs of kinds seen once
+    /// (so that no one kind dominates). Answers are written as the final answers are (lower case, digits for counts).
+    /// </summary>
+    public static List<(string Question, string Answer)> Drills(DeterministicRandom rng, Scene scene)
+    {
+        var drills = new List<(string, string)>();
+        var byKind = scene.Objects.GroupBy(o => o.Kind).ToList();
+        foreach (var group in byKind)
+        {
+            if (group.Count() == 1)
+            {
+                var colour = Colour(rng, scene, group.Key);
+                drills.Add((colour.Text, colour.Answer));
+            }
+
+            var count = Count(rng, scene, group.Key, group.Count());
+            drills.Add((count.Text, count.Answer));
+        }
+
+        var singles = byKind.Where(g => g.Count() == 1).Select(g => g.Key).ToList();
+        var pairs = singles.SelectMany(a => singles.Where(b => b != a).Select(b => (a, b))).ToList();
+        rng.Shuffle(pairs);
+        foreach (var (a, b) in pairs.Take(singles.Count))
+        {
+            if (Position(rng, scene, a, b) is { } position)
+            {
+                drills.Add((position.Text, position.Answer));
+            }
+        }
+
+        rng.Shuffle(drills);
+        return drills;
+    }
+
     private static SceneQuestion Colour(DeterministicRandom rng, Scene scene, ObjectKind kind)
     {
         var target = scene.Objects.Single(o => o.Kind == kind);

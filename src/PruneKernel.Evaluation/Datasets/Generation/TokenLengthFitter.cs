@@ -10,9 +10,13 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
     private const int TurnOverhead = 8;
     private const int Attempts = 8;
 
-    /// <summary>Fitted turns and their exact prompt token count.</summary>
+    /// <summary>
+    /// Fitted turns and their exact prompt token count. <paramref name="drills"/> (training only) are placed at random
+    /// places among the exchanges, as many as fit in half of the group's room for context.
+    /// </summary>
     public (List<ContextTurn> Turns, int Tokens) Fit(
-        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue)
+        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue,
+        IReadOnlyList<Exchange>? drills = null)
     {
         var bare = counter.Count(makeItem([]));
         var tolerance = (int)Math.Floor(target * 0.02);
@@ -25,7 +29,7 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
         var best = (Turns: new List<ContextTurn>(), Tokens: bare);
         for (var attempt = 0; attempt < Attempts; attempt++)
         {
-            var fitted = FitOnce(writer, rng, makeItem, target, cue, bare, shortBelow: 40 * (attempt + 1));
+            var fitted = FitOnce(writer, rng, makeItem, target, cue, bare, shortBelow: 40 * (attempt + 1), drills ?? []);
             if (Math.Abs(target - fitted.Tokens) <= tolerance)
             {
                 return fitted;
@@ -38,21 +42,36 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
     }
 
     private (List<ContextTurn> Turns, int Tokens) FitOnce(
-        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue, int bare, int shortBelow)
+        ContextWriter writer, DeterministicRandom rng, Func<IReadOnlyList<ContextTurn>, BenchmarkItem> makeItem, int target, string? cue, int bare, int shortBelow,
+        IReadOnlyList<Exchange> drills)
     {
         var exchanges = new List<Exchange>();
         int Measure() => counter.Count(makeItem(Turns(exchanges)));
+        int EstimateOf(Exchange e) => TurnOverhead + counter.Estimate(e.User) + e.Assistant.Sum(s => counter.Estimate(s.Text));
         var tolerance = (int)Math.Floor(target * 0.02);
         var tokens = bare;
 
-        var estimate = tokens;
+        var placed = new List<Exchange>();
+        var drillTokens = 0;
+        foreach (var drill in drills)
+        {
+            if (drillTokens + EstimateOf(drill) > (target - bare) / 2)
+            {
+                break;
+            }
+
+            placed.Add(drill);
+            drillTokens += EstimateOf(drill);
+        }
+
+        var estimate = tokens + drillTokens;
         while (estimate < target)
         {
             // Near the target a full exchange (30-150 tokens) would overshoot a short group; a short one fits.
             // Later attempts switch to short exchanges earlier.
             var exchange = target - estimate < shortBelow ? writer.ShortExchange() : writer.Next();
             exchanges.Add(exchange);
-            estimate += TurnOverhead + counter.Estimate(exchange.User) + exchange.Assistant.Sum(s => counter.Estimate(s.Text));
+            estimate += EstimateOf(exchange);
         }
 
         if (cue is not null)
@@ -65,6 +84,11 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
             var host = exchanges[rng.Next(exchanges.Count)];
             host.Assistant.Insert(rng.Next(host.Assistant.Count + 1), new Sentence(cue, false));
             host.Locked = true;
+        }
+
+        foreach (var drill in placed)
+        {
+            exchanges.Insert(rng.Next(exchanges.Count + 1), drill);
         }
 
         // Aim at a quarter of the allowed band (0.5 %), so counts centre on the group instead of its upper edge.
@@ -90,7 +114,8 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
 
     private void Grow(ContextWriter writer, List<Exchange> exchanges, int gap)
     {
-        if (exchanges.Count == 0 || gap > 60)
+        var last = exchanges.LastOrDefault(e => !e.Drill);
+        if (last is null || gap > 60)
         {
             exchanges.Add(writer.Next());
             return;
@@ -109,7 +134,6 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
 
         candidates.AddRange(writer.ShortFillers().Select(s => (s, counter.Estimate(s))));
         var best = candidates.MinBy(c => Math.Abs(c.Tokens - gap));
-        var last = exchanges[^1];
         last.Assistant.Add(new Sentence(best.Text, true));
     }
 
