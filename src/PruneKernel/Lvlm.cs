@@ -66,6 +66,13 @@ public sealed class Lvlm : IDisposable
     /// <summary>generation_config.json's defaults.</summary>
     public GenerationDefaults GenerationDefaults { get; }
 
+    /// <summary>
+    /// This model's own dynamic pruning rate, fitted by <c>prunekernel eval</c> to its rate sweep and kept in the model
+    /// folder's <see cref="LengthDependentRate.FileName"/>; null when the folder has none. Use it as
+    /// <c>new ContextPruningOptions { DynamicRate = lvlm.DynamicRate }</c> (the CLI's <c>--prune-dynamic-rate</c>).
+    /// </summary>
+    public LengthDependentRate? DynamicRate { get; private init; }
+
     /// <summary>Where encoded image features are kept between requests (none by default).</summary>
     public IImageFeatureCache? ImageFeatureCache { get; set; }
 
@@ -101,6 +108,7 @@ public sealed class Lvlm : IDisposable
         var template = ChatTemplates.ForModel(modelFolder);
         var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder));
         var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
+        var dynamicRate = LengthDependentRate.FromModelFolder(modelFolder);
 
         using var weights = CheckpointWeights.Open(modelFolder);
         var model = new LlavaForConditionalGeneration(config, dtype, device);
@@ -115,7 +123,7 @@ public sealed class Lvlm : IDisposable
         }
 
         model.eval();
-        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults);
+        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults) { DynamicRate = dynamicRate };
     }
 
     /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>

@@ -26,7 +26,7 @@ internal static class ChatCommand
                 history.Add(PromptMessage.System(s));
             }
 
-            var options = model.GenerationOptions(r);
+            var options = model.GenerationOptions(r, lvlm);
             while (true)
             {
                 await output.WriteAsync("you> ");

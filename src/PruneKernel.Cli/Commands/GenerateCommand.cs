@@ -36,7 +36,7 @@ internal static class GenerateCommand
             var lvlmPrompt = r.GetValue(raw)
                 ? lvlm.CreateRawPrompt(text, images, videos)
                 : lvlm.CreatePrompt([new PromptMessage(PromptRole.User, parts)], images, videos);
-            var options = model.GenerationOptions(r);
+            var options = model.GenerationOptions(r, lvlm);
             if (r.GetValue(format) == "json")
             {
                 var result = lvlm.Generate(lvlmPrompt, options, ct);

@@ -45,6 +45,8 @@ internal sealed class ModelOptions
 
     public Option<int?> PruneSeed { get; } = new("--prune-seed") { Description = "Context pruning: seed of the Random strategy." };
 
+    public Option<bool> PruneDynamicRate { get; } = new("--prune-dynamic-rate") { Description = "Context pruning with the model's own length-dependent rate (pruning_rate.json in the model folder, fitted by `prunekernel eval`) instead of --prune-rate." };
+
     public Option<bool> PruneProtectUserTurn { get; } = new("--prune-protect-user-turn") { Description = "Context pruning: never prune the last user turn." };
 
     public void AddTo(Command command)
@@ -52,7 +54,7 @@ internal sealed class ModelOptions
         foreach (var option in new Option[]
         {
             Model, Device, DType, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop, PruneRate, PruneLayers, PruneStartLayer,
-            PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn,
+            PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate,
         })
         {
             command.Add(option);
@@ -61,7 +63,7 @@ internal sealed class ModelOptions
 
     public LvlmLoadOptions LoadOptions(ParseResult r) => new() { Device = r.GetValue(Device)!, DType = r.GetValue(DType) };
 
-    public GenerationOptions GenerationOptions(ParseResult r) => new()
+    public GenerationOptions GenerationOptions(ParseResult r, Lvlm lvlm) => new()
     {
         MaxNewTokens = r.GetValue(MaxNewTokens),
         Temperature = r.GetValue(Temperature),
@@ -69,13 +71,14 @@ internal sealed class ModelOptions
         TopK = r.GetValue(TopK),
         Seed = r.GetValue(Seed),
         StopSequences = r.GetValue(Stop) ?? [],
-        Pruning = PruningOptions(r),
+        Pruning = PruningOptions(r, lvlm),
     };
 
     /// <summary>Null unless a --prune-* option was given; unset ones keep the paper's defaults.</summary>
-    private ContextPruningOptions? PruningOptions(ParseResult r)
+    /// <exception cref="ModelConfigException">--prune-dynamic-rate for a model folder without a fitted rule.</exception>
+    private ContextPruningOptions? PruningOptions(ParseResult r, Lvlm lvlm)
     {
-        Option[] all = [PruneRate, PruneLayers, PruneStartLayer, PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn];
+        Option[] all = [PruneRate, PruneLayers, PruneStartLayer, PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate];
         if (!all.Any(o => r.GetResult(o) is { Implicit: false }))
         {
             return null;
@@ -93,6 +96,8 @@ internal sealed class ModelOptions
             Normalization = r.GetValue(PruneNormalization) ?? defaults.Normalization,
             Seed = r.GetValue(PruneSeed) ?? defaults.Seed,
             ProtectLastUserTurn = r.GetValue(PruneProtectUserTurn),
+            DynamicRate = !r.GetValue(PruneDynamicRate) ? null : lvlm.DynamicRate ?? throw new ModelConfigException(
+                $"--prune-dynamic-rate: model folder '{lvlm.ModelFolder}' has no {LengthDependentRate.FileName}; `prunekernel eval` writes one to its output folder (best-rate analysis): copy it next to config.json."),
         };
     }
 

@@ -121,6 +121,8 @@ public static class Evaluator
             if (options.Analyses.Contains(EvalAnalyses.BestRate) && BestRateRule.From(store.Rows.Where(r => ids.Contains(r.Id)).ToList(), plan).Rule is { } rule)
             {
                 dynamic = EvalCondition.Pruned(plan.Default with { DynamicRate = rule });
+                rule.Save(Path.Combine(options.OutputFolder, LengthDependentRate.FileName),
+                    $"prunekernel eval best-rate analysis of {Path.GetFileName(Path.TrimEndingDirectorySeparator(model.ModelFolder))} on {Path.GetFileName(options.DataPath)}");
                 computed += RunConditions(model, options, items, lines, [dynamic], store, watch, cancellationToken);
             }
 

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 
 namespace PruneKernel.Pruning;
@@ -61,11 +62,77 @@ public enum PruningStrategy
 /// <param name="Max">Highest rate (below 1).</param>
 public sealed record LengthDependentRate(double A, double B, double C, double Min = 0, double Max = 0.9)
 {
+    /// <summary>
+    /// The file that carries a model's own rule in its folder: <c>prunekernel eval</c> fits it to its rate sweep (the
+    /// paper's fig. 15/16) and writes it to its output folder; copied next to config.json it becomes the model's default
+    /// dynamic rate (<see cref="Lvlm.DynamicRate"/>).
+    /// </summary>
+    public const string FileName = "pruning_rate.json";
+
     /// <summary>The rate for a prompt with <paramref name="textTokens"/> text tokens.</summary>
     public double RateFor(int textTokens)
     {
         var l = textTokens / 1000.0;
         return Math.Clamp(A + (B * l) + (C * l * l), Min, Max);
+    }
+
+    /// <summary>Writes the rule as JSON (<c>a</c>, <c>b</c>, <c>c</c>, <c>min</c>, <c>max</c>, and where it came from).</summary>
+    public void Save(string path, string source)
+    {
+        var node = new JsonObject
+        {
+            ["a"] = A,
+            ["b"] = B,
+            ["c"] = C,
+            ["min"] = Min,
+            ["max"] = Max,
+            ["length_unit"] = "thousands of text tokens",
+            ["source"] = source,
+        };
+        File.WriteAllText(path, node.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    /// <summary>Reads a rule written by <see cref="Save"/>.</summary>
+    /// <exception cref="ModelConfigException">The file is missing, not JSON, lacks a coefficient or holds an invalid rule; the message names the file and the field.</exception>
+    public static LengthDependentRate Load(string path)
+    {
+        JsonObject root;
+        try
+        {
+            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: expected a JSON object.");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
+        {
+            throw new ModelConfigException($"{path}: cannot read the dynamic-rate rule: {e.Message}", e);
+        }
+
+        double Field(string name, double? fallback = null)
+        {
+            try
+            {
+                return root[name] is { } value ? value.GetValue<double>() : fallback ?? throw new ModelConfigException($"{path}: field '{name}' is missing.");
+            }
+            catch (Exception e) when (e is InvalidOperationException or FormatException)
+            {
+                throw new ModelConfigException($"{path}: field '{name}' must be a number.", e);
+            }
+        }
+
+        var rule = new LengthDependentRate(Field("a"), Field("b"), Field("c"), Field("min", 0), Field("max", 0.9));
+        if (!double.IsFinite(rule.A + rule.B + rule.C) || !(rule.Min >= 0 && rule.Max < 1 && rule.Min <= rule.Max))
+        {
+            throw new ModelConfigException($"{path}: the rule needs finite coefficients and 0 <= min <= max < 1 (got {rule}).");
+        }
+
+        return rule;
+    }
+
+    /// <summary>The rule in <paramref name="modelFolder"/>'s <see cref="FileName"/>, or null when the folder has none.</summary>
+    /// <exception cref="ModelConfigException">The file exists but is invalid.</exception>
+    public static LengthDependentRate? FromModelFolder(string modelFolder)
+    {
+        var path = Path.Combine(modelFolder, FileName);
+        return File.Exists(path) ? Load(path) : null;
     }
 }
 

@@ -103,6 +103,8 @@ public sealed class EvaluatorTests : IDisposable
         Assert.Equal(6, lines.Count(r => r.Condition == run.Dynamic.Name));
         var rule = BestRateRule.From(lines, run.Plan).Rule!;
         Assert.Equal(rule, run.Dynamic.Pruning!.DynamicRate);
+        // ... and was written where a model folder can take it as its default dynamic rate.
+        Assert.Equal(rule, PruneKernel.Pruning.LengthDependentRate.Load(Path.Combine(output, PruneKernel.Pruning.LengthDependentRate.FileName)));
         Assert.All(lines.Where(r => r.Condition == run.Dynamic.Name), r => Assert.Equal(rule.RateFor(r.TextTokens), r.Pruning!.Rate, 12));
         var items = BenchmarkJsonl.Read(data).ToDictionary(i => i.Id);
         foreach (var r in lines)
