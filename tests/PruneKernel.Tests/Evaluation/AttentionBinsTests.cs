@@ -1,4 +1,5 @@
 using PruneKernel.Evaluation.Evaluator;
+using PruneKernel.Evaluation.Reports;
 using PruneKernel.Generation;
 using PruneKernel.Pruning;
 using PruneKernel.Tests.Pruning;
@@ -127,6 +128,28 @@ public sealed class AttentionBinsTests
                 Assert.True(Math.Abs(visualMass - layer.VisualShareBefore) <= 1e-5, $"layer {layer.Layer}: visual bins {visualMass} vs D_vis {layer.VisualShareBefore}");
                 Assert.All(layer.PositionBinMass, m => Assert.InRange(m, 0, 1 + 1e-6));
             }
+
+            // The evaluator's row keeps them rounded to 4 decimals, and only when asked.
+            var summary = Evaluator.Summarise(report, prompt, positionBins: true);
+            Assert.Equal(PositionBins.DefaultSize, summary.BinSize);
+            Assert.Equal(prompt.InputIds.Count, summary.BinSpans!.Sum(s => s.Length));
+            Assert.All(summary.Layers, l => Assert.Equal(bins.Count, l.Bins!.Count));
+            Assert.Null(Evaluator.Summarise(report, prompt).Layers[0].Bins);
         }
+    }
+
+    [Fact]
+    public void NumberArraysGoOnOneLineAndTheJsonIsUnchanged()
+    {
+        var node = System.Text.Json.Nodes.JsonNode.Parse("""
+            {"a": [1, -2.5e-05, null], "b": [[0.1, 0.2], null, [3]], "s": "[1,\n2]", "o": [{"x": 1}], "e": []}
+            """)!;
+        var indented = node.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true });
+        var compact = ReportBuilder.CompactNumberArrays(indented);
+        Assert.True(System.Text.Json.Nodes.JsonNode.DeepEquals(node, System.Text.Json.Nodes.JsonNode.Parse(compact)));
+        Assert.Contains("\"a\": [1, -2.5e-05, null]", compact, StringComparison.Ordinal);
+        Assert.Contains("[0.1, 0.2]", compact, StringComparison.Ordinal);
+        Assert.Contains("\"x\": 1", compact, StringComparison.Ordinal); // objects keep their layout
+        Assert.True(compact.Length < indented.Length);
     }
 }
