@@ -83,7 +83,7 @@ public static class EvalAnalyses
     /// <summary>Fig. 17: retention of text tokens by position decile per pruning layer.</summary>
     public const string Retention = "retention";
 
-    /// <summary>Fig. 5: attention share on visual tokens (D_vis) and entropy per layer, baseline vs pruned.</summary>
+    /// <summary>Fig. 5: attention share on visual tokens (D_vis), entropy and mass per 50-token position bin per layer, baseline vs pruned.</summary>
     public const string Attention = "attention";
 
     /// <summary>Fig. 18: one row's kept and dropped tokens per layer, as HTML.</summary>
@@ -243,6 +243,16 @@ public sealed class EvalPlan
     /// pass (fig. 5's baseline).
     /// </summary>
     public ContextPruningOptions Probe => new() { Rate = 0, Layers = DecoderLayers };
+
+    /// <summary>
+    /// Whether a condition's rows keep fig. 5's per-layer position-bin masses: the probe and the paper's setting, the two
+    /// fig. 5 compares, whichever analysis asked for them (so a later attention run over the same folder finds them).
+    /// </summary>
+    public bool RecordsPositionBins(EvalCondition condition)
+    {
+        ArgumentNullException.ThrowIfNull(condition);
+        return condition.Pruning is not null && (condition.Name == EvalCondition.Pruned(Probe).Name || condition.Name == EvalCondition.Pruned(Default).Name);
+    }
 
     /// <summary>Layers per window of the depth analysis (m = 10, or a third of the model when it is shallower).</summary>
     public int DepthLayers { get; }

@@ -112,7 +112,7 @@ public static class Evaluator
 
             var plan = new EvalPlan(options.Analyses, layers, options.Seeds, thresholds);
             using var store = ResultStore.Open(Path.Combine(options.OutputFolder, ResultsFile));
-            var computed = RunConditions(model, options, items, lines, plan.Conditions, store, watch, cancellationToken);
+            var computed = RunConditions(model, options, items, lines, plan, plan.Conditions, store, watch, cancellationToken);
 
             // Second phase: the dynamic-rate rule fitted to the sweep, evaluated as one more condition. Its name carries
             // its coefficients, so a rerun whose sweep changed the fit does not mix in results of an older rule.
@@ -123,7 +123,7 @@ public static class Evaluator
                 dynamic = EvalCondition.Pruned(plan.Default with { DynamicRate = rule });
                 rule.Save(Path.Combine(options.OutputFolder, LengthDependentRate.FileName),
                     $"prunekernel eval best-rate analysis of {Path.GetFileName(Path.TrimEndingDirectorySeparator(model.ModelFolder))} on {Path.GetFileName(options.DataPath)}");
-                computed += RunConditions(model, options, items, lines, [dynamic], store, watch, cancellationToken);
+                computed += RunConditions(model, options, items, lines, plan, [dynamic], store, watch, cancellationToken);
             }
 
             var names = plan.Conditions.Select(c => c.Name).Append(dynamic?.Name).OfType<string>().ToHashSet();
@@ -142,7 +142,7 @@ public static class Evaluator
         }
     }
 
-    private static int RunConditions(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines,
+    private static int RunConditions(Lvlm model, EvalOptions options, IReadOnlyList<BenchmarkItem> items, int[] lines, EvalPlan plan,
         IReadOnlyList<EvalCondition> conditions, ResultStore store, Stopwatch watch, CancellationToken cancellationToken)
     {
         var total = items.Sum(i => conditions.Count(c => Applies(c, i)));
@@ -174,7 +174,7 @@ public static class Evaluator
                     throw new PruneKernelException($"{options.DataPath}:{lines[index]}: row '{item.Id}' under {condition.Name}: {e.Message}", e);
                 }
 
-                store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds));
+                store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds, plan.RecordsPositionBins(condition)));
                 done++;
                 computed++;
                 options.Progress?.Report(new EvalProgress(done, total, computed, condition.Name, watch.Elapsed));
@@ -237,7 +237,7 @@ public static class Evaluator
         }
     }
 
-    private static RowResult ToResult(EvalCondition condition, BenchmarkItem item, LvlmPrompt prompt, GenerationResult result, double ms)
+    private static RowResult ToResult(EvalCondition condition, BenchmarkItem item, LvlmPrompt prompt, GenerationResult result, double ms, bool positionBins)
     {
         var visual = prompt.Layout.Visual;
         var textTokens = visual.Count(v => !v);
@@ -255,12 +255,16 @@ public static class Evaluator
             LengthGroup = LengthGroupOf(item, textTokens),
             SceneId = item.SceneId,
             Milliseconds = ms,
-            Pruning = result.Pruning is { } report ? Summarise(report, prompt) : null,
+            Pruning = result.Pruning is { } report ? Summarise(report, prompt, positionBins) : null,
         };
     }
 
-    /// <summary>Summarises a pruning report: per layer counts, D_vis, entropy and retention by position decile.</summary>
-    internal static PruningSummary Summarise(PruningReport report, LvlmPrompt prompt)
+    /// <summary>
+    /// Summarises a pruning report: per layer counts, D_vis, entropy and retention by position decile, and with
+    /// <paramref name="positionBins"/> fig. 5's bin masses (4 decimals keep a row's line short; the table and figure
+    /// average them over rows).
+    /// </summary>
+    internal static PruningSummary Summarise(PruningReport report, LvlmPrompt prompt, bool positionBins = false)
     {
         var protectedMask = prompt.Layout.Protected(report.Options.ProtectLastUserTurn);
         var candidates = Enumerable.Range(0, protectedMask.Length).Where(i => !protectedMask[i]).ToArray();
@@ -301,8 +305,11 @@ public static class Evaluator
                     EntropyBefore = l.EntropyBefore,
                     EntropyAfter = l.EntropyAfter,
                     Retention = Enumerable.Range(0, 10).Select(d => perDecile[d] == 0 ? double.NaN : kept[d] / (double)perDecile[d]).ToArray(),
+                    Bins = positionBins ? l.PositionBinMass.Select(m => Math.Round(m, 4)).ToArray() : null,
                 };
             }).ToArray(),
+            BinSize = positionBins ? report.PositionBins.Size : null,
+            BinSpans = positionBins ? report.PositionBins.Spans.Select(s => new BinSpan { Start = s.Start, Length = s.Length, Visual = s.Visual }).ToArray() : null,
         };
     }
 

@@ -30,6 +30,25 @@ public sealed record LayerSummary
 
     /// <summary>Share of the initial candidates of each position decile (oldest first) still present after this layer.</summary>
     [JsonPropertyName("retention")] public IReadOnlyList<double> Retention { get; init; } = [];
+
+    /// <summary>
+    /// Fig. 5: the last prompt token's attention mass (mean over heads, over the keys the layer saw) per position bin of
+    /// <see cref="PruningSummary.BinSpans"/>, rounded to 4 decimals; null for conditions fig. 5 does not read.
+    /// </summary>
+    [JsonPropertyName("bins")] public IReadOnlyList<double>? Bins { get; init; }
+}
+
+/// <summary>A run of visual or of text prompt positions, cut into bins of <see cref="PruningSummary.BinSize"/> tokens (fig. 5).</summary>
+public sealed record BinSpan
+{
+    /// <summary>First prompt position of the run.</summary>
+    [JsonPropertyName("start")] public int Start { get; init; }
+
+    /// <summary>Positions in the run.</summary>
+    [JsonPropertyName("length")] public int Length { get; init; }
+
+    /// <summary>Whether the run holds visual tokens.</summary>
+    [JsonPropertyName("visual")] public bool Visual { get; init; }
 }
 
 /// <summary>What pruning did for one row.</summary>
@@ -52,6 +71,12 @@ public sealed record PruningSummary
 
     /// <summary>One entry per scored layer.</summary>
     [JsonPropertyName("layers")] public IReadOnlyList<LayerSummary> Layers { get; init; } = [];
+
+    /// <summary>Tokens per position bin of fig. 5, when the layers carry <see cref="LayerSummary.Bins"/>.</summary>
+    [JsonPropertyName("bin_size")] public int? BinSize { get; init; }
+
+    /// <summary>The prompt's runs of visual and text positions; each is cut into bins of <see cref="BinSize"/>, in order.</summary>
+    [JsonPropertyName("bin_spans")] public IReadOnlyList<BinSpan>? BinSpans { get; init; }
 }
 
 /// <summary>One row's outcome under one condition: a line of results.jsonl.</summary>

@@ -124,6 +124,45 @@ internal static class Charts
     }
 
     /// <summary>
+    /// A heatmap of <paramref name="values"/> [rows, columns]: row 0 at the bottom, NaN cells grey, the colour scale fixed
+    /// to <paramref name="range"/> so that two heatmaps compare. Each mark outlines a range of columns (vertical lines at
+    /// its edges, its label on top).
+    /// </summary>
+    public static void Heatmap(string path, string title, string xLabel, string yLabel, double[,] values, (double Min, double Max) range, string scaleLabel,
+        IReadOnlyList<string> rowLabels, IReadOnlyList<(double From, double To, string Label)> marks)
+    {
+        var plot = new Plot();
+        int rows = values.GetLength(0), columns = values.GetLength(1);
+        var map = plot.Add.Heatmap(values);
+        map.FlipVertically = true;
+        map.Rectangle = new CoordinateRect(-0.5, columns - 0.5, -0.5, rows - 0.5);
+        map.ManualRange = new ScottPlot.Range(range.Min, range.Max);
+        map.Colormap = new ScottPlot.Colormaps.Viridis();
+        map.NaNCellColor = Colors.LightGray;
+        var scale = plot.Add.ColorBar(map);
+        scale.Label = scaleLabel;
+        foreach (var (from, to, label) in marks)
+        {
+            foreach (var x in new[] { from, to })
+            {
+                var line = plot.Add.VerticalLine(x, 2, Colors.Red);
+                line.LinePattern = LinePattern.Dashed;
+            }
+
+            var text = plot.Add.Text(label, (from + to) / 2, rows - 0.5);
+            text.LabelFontColor = Colors.Red;
+            text.LabelAlignment = Alignment.LowerCenter;
+        }
+
+        plot.Axes.Left.SetTicks(Enumerable.Range(0, rows).Select(i => (double)i).ToArray(), rowLabels.ToArray());
+        // Whole-cell ticks (the automatic ones fall on cell edges), thinned to about 20.
+        var step = Math.Max(1, (int)Math.Ceiling(columns / 20.0));
+        var ticks = Enumerable.Range(0, columns).Where(c => c % step == 0).ToArray();
+        plot.Axes.Bottom.SetTicks(ticks.Select(c => (double)c).ToArray(), ticks.Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+        Finish(plot, path, title, xLabel, yLabel, (-0.5, rows + 0.5));
+    }
+
+    /// <summary>
     /// The font family figures use. SkiaSharp's dependency-free Linux build has no fontconfig, so without a registered
     /// font file every label would be blank: register the first sans TrueType file found ($PRUNEKERNEL_FONT first).
     /// </summary>

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
 using PruneKernel.Evaluation.Evaluator;
 
 namespace PruneKernel.Evaluation.Reports;
@@ -17,7 +18,7 @@ public sealed record ReportContext(string ModelName, string ModelFolder, string 
 /// Aggregates a run's per-row results into results.json (every number with its sample count and a 95 % Wilson interval,
 /// or mean and spread over seeds), report.md and PNG figures. It prints what the data shows, never the paper's numbers.
 /// </summary>
-public sealed class ReportBuilder
+public sealed partial class ReportBuilder
 {
     /// <summary>Aggregates file name.</summary>
     public const string JsonFile = "results.json";
@@ -117,7 +118,7 @@ public sealed class ReportBuilder
         }
 
         WriteClaims(summaryAt);
-        File.WriteAllText(Path.Combine(_folder, JsonFile), _json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        File.WriteAllText(Path.Combine(_folder, JsonFile), CompactNumberArrays(_json.ToJsonString(new JsonSerializerOptions { WriteIndented = true })) + "\n");
         File.WriteAllText(Path.Combine(_folder, MarkdownFile), _md.ToString().Replace("\r\n", "\n", StringComparison.Ordinal), new UTF8Encoding(false));
     }
 
@@ -525,7 +526,7 @@ public sealed class ReportBuilder
         Section("Fig. 5: attention share on visual tokens (D_vis) and entropy per layer", "fig5-dvis.png");
         _md.AppendLine(Inv, $"D_vis = the last prompt token's attention mass on visual tokens, mean over heads (baseline: a rate-0 pass that reports every layer and changes nothing, {probe.Count} rows; "
             + $"pruned: the layer's input after earlier pruning, {pruned.Count} rows; deeper layers than the pruning layers are not reported by the pruner). "
-            + $"The paper's 50-token position bins are not computed.").AppendLine();
+            + $"The paper's distribution over 50-token position bins follows the table.").AppendLine();
         _md.AppendLine("| layer | D_vis baseline | D_vis pruned (layer input) | D_vis pruned (kept keys) | entropy baseline | entropy pruned |").AppendLine("|---|---|---|---|---|---|");
         foreach (var l in layers)
         {
@@ -549,11 +550,13 @@ public sealed class ReportBuilder
         _figures.Add(Fig("fig5-dvis.png"));
         _figures.Add(Fig("fig5-entropy.png"));
         _md.AppendLine("![entropy](figures/fig5-entropy.png)").AppendLine();
+        var bins = AttentionBins(probe, pruned, layers);
         JsonNode? N(double v) => double.IsFinite(v) ? v : null;
         return new JsonObject
         {
             ["baseline_rows"] = probe.Count,
             ["pruned_rows"] = pruned.Count,
+            ["position_bins"] = bins,
             ["layers"] = Arr(layers.Select(l => (JsonNode?)new JsonObject
             {
                 ["layer"] = l,
@@ -564,6 +567,130 @@ public sealed class ReportBuilder
                 ["entropy_pruned"] = N(entPruned[l]),
             })),
         };
+    }
+
+    /// <summary>
+    /// Fig. 5 proper: the last prompt token's attention over 50-token bins of the original positions, per layer, averaged
+    /// per length group; a heatmap per condition for the longest group and a visual-vs-text table over all rows.
+    /// </summary>
+    private JsonObject AttentionBins(List<RowResult> probe, List<RowResult> pruned, List<int> layers)
+    {
+        probe = probe.Where(PositionBinAverages.HasBins).ToList();
+        pruned = pruned.Where(PositionBinAverages.HasBins).ToList();
+        var size = probe.Concat(pruned).Select(r => r.Pruning!.BinSize!.Value).FirstOrDefault(Pruning.PositionBins.DefaultSize);
+        _md.AppendLine(Inv, $"### Attention over {size}-token position bins").AppendLine();
+        _md.AppendLine(Inv, $"Bins cover the original prompt positions: the prompt is split into runs of text and of visual tokens and each run into {size}-token bins "
+            + $"from its first position (a run's last bin may be shorter), so no bin mixes the two and the visual bins sum to D_vis. A bin's mass is the last prompt "
+            + $"token's attention (mean over heads) on its keys; in the pruned run a layer sees only the tokens earlier pruning left, so pruned positions add 0. "
+            + $"Rows are aligned by run and bin within the run and averaged per length group; a row without a bin (a shorter text) counts 0 for it.").AppendLine();
+        var node = new JsonObject { ["bin_size"] = size, ["baseline_rows"] = probe.Count, ["pruned_rows"] = pruned.Count };
+        if (probe.Count + pruned.Count == 0)
+        {
+            _md.AppendLine("No row carries position bins (results computed before they were recorded); rerun the attention analysis into a fresh folder.").AppendLine();
+            return node;
+        }
+
+        static JsonNode? R(double v) => double.IsFinite(v) ? Math.Round(v, 4) : null;
+        var groups = new JsonArray();
+        var averages = new Dictionary<int, (PositionBinAverages Layout, (int Rows, double[] Mass)[] Baseline, (int Rows, double[] Mass)[] Pruned)>();
+        foreach (var g in probe.Concat(pruned).Select(r => r.LengthGroup).Distinct().Order())
+        {
+            var b = probe.Where(r => r.LengthGroup == g).ToList();
+            var p = pruned.Where(r => r.LengthGroup == g).ToList();
+            var layout = PositionBinAverages.Of(b.Concat(p));
+            var mb = layers.Select(l => layout.Mean(b, l)).ToArray();
+            var mp = layers.Select(l => layout.Mean(p, l)).ToArray();
+            averages[g] = (layout, mb, mp);
+            JsonObject Side((int Rows, double[] Mass)[] means) => new()
+            {
+                ["rows"] = means.Max(m => m.Rows),
+                ["mass"] = Arr(means.Select(m => m.Rows == 0 ? null : (JsonNode?)Arr(m.Mass.Select(R)))),
+            };
+            groups.Add(new JsonObject
+            {
+                ["length_group"] = g,
+                ["spans"] = Arr(layout.Spans.Select(x => (JsonNode?)new JsonObject { ["visual"] = x.Visual, ["bins"] = x.Bins })),
+                ["baseline"] = Side(mb),
+                ["pruned"] = Side(mp),
+            });
+        }
+
+        // The longest group: the paper's point is how text length dilutes the image, and it shows the most text bins.
+        var shown = averages.Keys.Max();
+        var (shownLayout, shownBase, shownPruned) = averages[shown];
+        var marks = new List<(double From, double To, string Label)>();
+        var column = 0;
+        foreach (var (visual, count) in shownLayout.Spans)
+        {
+            if (visual)
+            {
+                marks.Add((column - 0.5, column + count - 0.5, "visual"));
+            }
+
+            column += count;
+        }
+
+        const double Floor = 1e-4;
+        double[,] Matrix((int Rows, double[] Mass)[] means)
+        {
+            var m = new double[layers.Count, shownLayout.Bins.Count];
+            for (var i = 0; i < layers.Count; i++)
+            {
+                for (var j = 0; j < shownLayout.Bins.Count; j++)
+                {
+                    m[i, j] = means[i].Rows == 0 ? double.NaN : Math.Log10(Math.Max(Floor, means[i].Mass[j]));
+                }
+            }
+
+            return m;
+        }
+
+        var rowLabels = layers.Select(l => l.ToString(Inv)).ToList();
+        foreach (var (name, label, means) in new[] { ("fig5-bins-baseline.png", "baseline", shownBase), ("fig5-bins-pruned.png", "pruned", shownPruned) })
+        {
+            Charts.Heatmap(Fig(name), I($"Last prompt token's attention per {size}-token bin, {label} ({shown} text tokens, n = {means.Max(m => m.Rows)})"),
+                I($"{size}-token bin of the original positions (text and visual runs binned separately)"), "decoder layer", Matrix(means), (Math.Log10(Floor), 0),
+                "log10 mean attention mass", rowLabels, marks);
+            _figures.Add(Fig(name));
+            _md.AppendLine(Inv, $"![{Path.GetFileNameWithoutExtension(name)}](figures/{name})").AppendLine();
+        }
+
+        _md.AppendLine(Inv, $"The heatmaps show the {shown}-token group (log10 of the mean mass, floor {Floor:0e0}); dashed lines bound the visual bins; grey rows are layers a run does not report "
+            + $"(the pruned run reports its pruning layers only). The table averages every row:").AppendLine();
+        _md.AppendLine("| layer | visual baseline | visual pruned | text baseline | text pruned | last text bin baseline | last text bin pruned | n baseline | n pruned |")
+            .AppendLine("|---|---|---|---|---|---|---|---|---|");
+        var table = layers.Select(l =>
+        {
+            var b = PositionBinAverages.Split(probe, l).ToList();
+            var p = PositionBinAverages.Split(pruned, l).ToList();
+            double M(List<(double Visual, double Text, double LastText)> xs, Func<(double Visual, double Text, double LastText), double> f) =>
+                xs.Select(f).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
+            return (Layer: l, VisualBase: M(b, x => x.Visual), VisualPruned: M(p, x => x.Visual), TextBase: M(b, x => x.Text), TextPruned: M(p, x => x.Text),
+                LastBase: M(b, x => x.LastText), LastPruned: M(p, x => x.LastText), NBase: b.Count, NPruned: p.Count);
+        }).ToList();
+        foreach (var t in table)
+        {
+            _md.AppendLine(Inv, $"| {t.Layer} | {F3(t.VisualBase)} | {F3(t.VisualPruned)} | {F3(t.TextBase)} | {F3(t.TextPruned)} | {F3(t.LastBase)} | {F3(t.LastPruned)} | {t.NBase} | {t.NPruned} |");
+        }
+
+        var both = table.Where(t => t.NBase > 0 && t.NPruned > 0).ToList();
+        _md.AppendLine().AppendLine(both.Count == 0 ? "Observed: no layer has both runs."
+            : I($"Observed: over the {both.Count} layers with both runs, the visual bins hold {F3(both.Average(t => t.VisualBase))} (baseline) vs {F3(both.Average(t => t.VisualPruned))} (pruned) of the last token's attention and the text bins {F3(both.Average(t => t.TextBase))} vs {F3(both.Average(t => t.TextPruned))}; the last text bin (the prompt's final text tokens, up to 50, ending with the assistant header) holds {F3(both.Average(t => t.LastBase))} vs {F3(both.Average(t => t.LastPruned))}.")).AppendLine();
+        node["figure_group"] = shown;
+        node["layers"] = Arr(table.Select(t => (JsonNode?)new JsonObject
+        {
+            ["layer"] = t.Layer,
+            ["visual_baseline"] = R(t.VisualBase),
+            ["visual_pruned"] = R(t.VisualPruned),
+            ["text_baseline"] = R(t.TextBase),
+            ["text_pruned"] = R(t.TextPruned),
+            ["last_text_bin_baseline"] = R(t.LastBase),
+            ["last_text_bin_pruned"] = R(t.LastPruned),
+            ["rows_baseline"] = t.NBase,
+            ["rows_pruned"] = t.NPruned,
+        }));
+        node["groups"] = groups;
+        return node;
     }
 
     private JsonObject? CaseStudy()
@@ -635,6 +762,20 @@ public sealed class ReportBuilder
             })),
         };
     }
+
+    /// <summary>
+    /// Puts every array of plain numbers on one line: the indented writer gives each element a line of its own, which
+    /// makes fig. 5's per-layer bin vectors (and every interval) several times longer than their digits. Only the
+    /// indenter writes raw newlines (JSON strings escape them), so no string value can match.
+    /// </summary>
+    internal static string CompactNumberArrays(string indented) => NumberArray().Replace(indented, m =>
+        "[" + string.Join(", ", NumberItem().Matches(m.Value).Select(x => x.Value)) + "]");
+
+    [GeneratedRegex(@"\[\r?\n(?:[ \t]*(?:-?[0-9][0-9.eE+\-]*|null),?\r?\n)+[ \t]*\]")]
+    private static partial Regex NumberArray();
+
+    [GeneratedRegex(@"-?[0-9][0-9.eE+\-]*|null")]
+    private static partial Regex NumberItem();
 
     // ---- helpers --------------------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
 {
     private readonly ContextPruningOptions _options;
     private readonly bool[] _visual;
+    private readonly PositionBins _bins;
     private readonly bool[] _protected;
     private readonly double _rate;
     private readonly double[] _accumulated;
@@ -53,6 +54,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         _candidateScores = candidateScores;
         _options = options;
         _visual = layout.Visual;
+        _bins = PositionBins.Of(layout.Visual);
         _protected = layout.Protected(options.ProtectLastUserTurn);
         _original = Enumerable.Range(0, _visual.Length).ToArray();
         _accumulated = new double[_visual.Length];
@@ -147,7 +149,10 @@ internal sealed class ContextPruner : IDecoderTokenSelector
     private static HashSet<int> Lowest(int[] candidates, Func<int, double> score, int count) =>
         candidates.OrderBy(score).ThenBy(j => j).Take(count).ToHashSet();
 
-    /// <summary>D_vis and entropy of the last query's row, over all keys and over the kept keys (renormalised).</summary>
+    /// <summary>
+    /// D_vis and entropy of the last query's row, over all keys and over the kept keys (renormalised), and the row's mass
+    /// per position bin (mean over heads, as D_vis; keys pruned before this layer are absent and leave their bins at 0).
+    /// </summary>
     private PruningLayerReport Describe(int layer, Tensor lastRow, int candidatesAfter, int[] keep)
     {
         var visual = torch.tensor(_original.Select(i => _visual[i]).ToArray()).to(lastRow.device);
@@ -159,8 +164,9 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         var shareBefore = (before * visual).sum(-1);
         var shareAfter = (after * visual).sum(-1);
         static Tensor Entropy(Tensor p) => (-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)).mean();
-        // Six statistics, one device-to-host copy (each read would otherwise wait for the device on its own).
-        var stats = torch.stack([shareBefore.mean(), shareBefore.max(), shareAfter.mean(), shareAfter.max(), Entropy(before), Entropy(after)])
+        var binMass = _bins.Accumulate(before.mean([0L]), _original);
+        // Six statistics and the bins, one device-to-host copy (each read would otherwise wait for the device on its own).
+        var stats = torch.cat([torch.stack([shareBefore.mean(), shareBefore.max(), shareAfter.mean(), shareAfter.max(), Entropy(before), Entropy(after)]), binMass])
             .cpu().data<double>().ToArray();
         var (meanBefore, maxBefore, meanAfter, maxAfter) = (stats[0], stats[1], stats[2], stats[3]);
         return new PruningLayerReport
@@ -175,6 +181,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
             VisualShareMaxAfter = maxAfter,
             EntropyBefore = stats[4],
             EntropyAfter = stats[5],
+            PositionBinMass = stats[6..],
         };
     }
 
@@ -184,6 +191,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         Rate = _rate,
         PromptTokens = _visual.Length,
         VisualTokens = _visual.Count(v => v),
+        PositionBins = _bins,
         InitialCandidates = _initialCandidates,
         TokensAtLastLayer = _original.Length,
         ScoringMs = _summaryMs + _choosing.Elapsed.TotalMilliseconds,

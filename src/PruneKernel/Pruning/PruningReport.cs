@@ -32,6 +32,13 @@ public sealed record PruningLayerReport
 
     /// <summary>The same entropy over the kept keys only.</summary>
     public required double EntropyAfter { get; init; }
+
+    /// <summary>
+    /// The last prompt token's attention mass (mean over heads, over the keys the layer saw) per bin of
+    /// <see cref="PruningReport.PositionBins"/> (fig. 5). The visual bins sum to <see cref="VisualShareBefore"/>; bins
+    /// whose tokens were all pruned before this layer hold 0.
+    /// </summary>
+    public required IReadOnlyList<double> PositionBinMass { get; init; }
 }
 
 /// <summary>What context pruning did during one prompt pass.</summary>
@@ -48,6 +55,9 @@ public sealed record PruningReport
 
     /// <summary>Visual tokens in the prompt (never pruned).</summary>
     public required int VisualTokens { get; init; }
+
+    /// <summary>The prompt's 50-token position bins, which <see cref="PruningLayerReport.PositionBinMass"/> fills.</summary>
+    public required PositionBins PositionBins { get; init; }
 
     /// <summary>Text tokens that could be pruned at the start.</summary>
     public required int InitialCandidates { get; init; }

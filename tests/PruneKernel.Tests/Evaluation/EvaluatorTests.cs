@@ -221,6 +221,80 @@ public sealed class EvaluatorTests : IDisposable
         JsonNode.Parse(File.ReadAllText(Path.Combine(folder, ReportBuilder.JsonFile)))!["analyses"]!.ToJsonString();
 
     [Fact]
+    public void AttentionAnalysisStoresPositionBinsAndDrawsTheFig5Heatmaps()
+    {
+        var data = WriteDataset(scenes: 2);
+        var output = Path.Combine(_dir, "fig5");
+        var run = Evaluator.Run(Tiny.Value, Options(data, output, [EvalAnalyses.Attention, EvalAnalyses.Rate]), TestContext.Current.CancellationToken);
+        var figures = ReportBuilder.Write(run, Context(data), output);
+
+        // The probe and the paper's setting keep per-row bins (4 decimals); the rate sweep's other conditions do not.
+        var rows = ResultStore.Load(Path.Combine(output, Evaluator.ResultsFile));
+        var probe = EvalCondition.Pruned(run.Plan.Probe).Name;
+        var paper = EvalCondition.Pruned(run.Plan.Default).Name;
+        foreach (var r in rows.Where(r => r.Pruning is not null))
+        {
+            var binned = r.Condition == probe || r.Condition == paper;
+            Assert.Equal(binned, r.Pruning!.BinSpans is not null);
+            if (!binned)
+            {
+                Assert.All(r.Pruning.Layers, l => Assert.Null(l.Bins));
+                continue;
+            }
+
+            var spans = r.Pruning.BinSpans!;
+            Assert.Equal(r.PromptTokens, spans.Sum(s => s.Length));
+            Assert.Equal(Enumerable.Range(0, spans.Count - 1).Select(i => spans[i].Start + spans[i].Length), spans.Skip(1).Select(s => s.Start));
+            var visualBins = spans.SelectMany(s => Enumerable.Repeat(s.Visual, (s.Length + 49) / 50)).ToList();
+            foreach (var l in r.Pruning.Layers)
+            {
+                Assert.Equal(visualBins.Count, l.Bins!.Count);
+                var rounding = 5e-5 * visualBins.Count;
+                Assert.Equal(1.0, l.Bins.Sum(), 1e-4 + rounding);
+                var visual = l.Bins.Where((_, i) => visualBins[i]).Sum();
+                Assert.True(Math.Abs(visual - l.VisualShareBefore) <= 1e-5 + rounding, $"{r.Condition} layer {l.Layer}: {visual} vs {l.VisualShareBefore}");
+            }
+        }
+
+        Assert.Contains(Path.Combine(output, ReportBuilder.FiguresFolder, "fig5-bins-baseline.png"), figures);
+        Assert.Contains(Path.Combine(output, ReportBuilder.FiguresFolder, "fig5-bins-pruned.png"), figures);
+        Assert.All(figures, f => Assert.True(File.Exists(f), f));
+        var report = File.ReadAllText(Path.Combine(output, ReportBuilder.MarkdownFile));
+        Assert.Contains("### Attention over 50-token position bins", report, StringComparison.Ordinal);
+        Assert.Contains("](figures/fig5-bins-baseline.png)", report, StringComparison.Ordinal);
+        Assert.Contains("](figures/fig5-bins-pruned.png)", report, StringComparison.Ordinal);
+        Assert.Contains("| layer | visual baseline | visual pruned | text baseline |", report, StringComparison.Ordinal);
+        Assert.DoesNotContain("not computed", report, StringComparison.Ordinal);
+
+        // results.json: per length group, one aligned bin vector per layer and condition; the table's visual share is D_vis.
+        var text = File.ReadAllText(Path.Combine(output, ReportBuilder.JsonFile));
+        var attention = JsonNode.Parse(text)!["analyses"]![EvalAnalyses.Attention]!;
+        var bins = attention["position_bins"]!;
+        Assert.Equal(50, (int)bins["bin_size"]!);
+        var groups = bins["groups"]!.AsArray();
+        Assert.Equal([500, 1000], groups.Select(g => (int)g!["length_group"]!));
+        foreach (var g in groups)
+        {
+            var width = g!["spans"]!.AsArray().Sum(s => (int)s!["bins"]!);
+            Assert.Contains(g["spans"]!.AsArray(), s => (bool)s!["visual"]!);
+            Assert.Equal(2, (int)g["baseline"]!["rows"]!);
+            var masses = g["baseline"]!["mass"]!.AsArray();
+            Assert.Equal(run.Plan.DecoderLayers, masses.Count);
+            Assert.All(masses, m => Assert.Equal(width, m!.AsArray().Count));
+            Assert.All(masses, m => Assert.Equal(1.0, m!.AsArray().Sum(x => (double)x!), 1e-3));
+        }
+
+        foreach (var (layer, table) in attention["layers"]!.AsArray().Zip(bins["layers"]!.AsArray()))
+        {
+            Assert.Equal((double)layer!["dvis_baseline"]!, (double)table!["visual_baseline"]!, 3);
+            Assert.Equal(4, (int)table["rows_baseline"]!);
+        }
+
+        // Bin vectors are written on one line each, not one number per line.
+        Assert.DoesNotMatch(@"\n\s*0\.\d+,\n", text);
+    }
+
+    [Fact]
     public void ResultsDamagedBeforeTheLastLineNameTheLine()
     {
         var path = Path.Combine(_dir, "results.jsonl");

@@ -26,7 +26,7 @@ public sealed class PruningPropertyTests
         return new PromptLayout(visual, HeaderStart: length - 5, LastUserTurnStart: rng.Next(1, length - 5));
     }
 
-    private static AttentionSummary RandomSummary(Random rng, int length, int heads = 4)
+    internal static AttentionSummary RandomSummary(Random rng, int length, int heads = 4)
     {
         using var scope = NewDisposeScope();
         var generator = new Generator((ulong)rng.Next());
@@ -38,7 +38,7 @@ public sealed class PruningPropertyTests
     }
 
     /// <summary>Runs the pruner over <paramref name="layers"/> random layers, shrinking the sequence as the decoder does.</summary>
-    private static PruningReport Run(ContextPruningOptions options, PromptLayout layout, int length, Random rng, int layers = 3)
+    internal static PruningReport Run(ContextPruningOptions options, PromptLayout layout, int length, Random rng, int layers = 3)
     {
         var pruner = new ContextPruner(options, layout);
         var current = length;

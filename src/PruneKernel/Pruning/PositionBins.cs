@@ -1,0 +1,103 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Pruning;
+
+/// <summary>A maximal run of consecutive prompt positions of one kind, visual or text.</summary>
+/// <param name="Start">First original prompt position of the run.</param>
+/// <param name="Length">Positions in the run.</param>
+/// <param name="Visual">Whether the run holds visual tokens.</param>
+public sealed record PositionSpan(int Start, int Length, bool Visual);
+
+/// <summary>
+/// Fig. 5's position bins over the ORIGINAL prompt positions. The prompt is split into maximal runs of visual and of
+/// text tokens (<see cref="Spans"/>), and each run into bins of <see cref="Size"/> tokens starting at its first position;
+/// a run's last bin may be shorter. Bins are numbered in position order. Because no bin mixes visual and text tokens,
+/// the visual bins together hold exactly D_vis, and because bins are fixed by original positions, a pruned pass and the
+/// plain pass fill the same bins (tokens pruned before a layer contribute nothing to it).
+/// </summary>
+public sealed class PositionBins
+{
+    /// <summary>The paper's bin width, in tokens.</summary>
+    public const int DefaultSize = 50;
+
+    private readonly int[] _binOf;
+    private readonly bool[] _visual;
+
+    private PositionBins(int size, IReadOnlyList<PositionSpan> spans, int[] binOf, bool[] visual)
+    {
+        Size = size;
+        Spans = spans;
+        _binOf = binOf;
+        _visual = visual;
+    }
+
+    /// <summary>Tokens per bin (a run's last bin may hold fewer).</summary>
+    public int Size { get; }
+
+    /// <summary>The runs of visual and text tokens, in position order.</summary>
+    public IReadOnlyList<PositionSpan> Spans { get; }
+
+    /// <summary>Number of bins.</summary>
+    public int Count => _visual.Length;
+
+    /// <summary>Number of prompt positions covered.</summary>
+    public int Positions => _binOf.Length;
+
+    /// <summary>Bins a run of <paramref name="length"/> tokens is cut into at width <paramref name="size"/>.</summary>
+    public static int BinsIn(int length, int size) => (length + size - 1) / size;
+
+    /// <summary>Bins of a prompt whose positions are visual where <paramref name="visual"/> says so.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="size"/> is below 1.</exception>
+    public static PositionBins Of(IReadOnlyList<bool> visual, int size = DefaultSize)
+    {
+        ArgumentNullException.ThrowIfNull(visual);
+        ArgumentOutOfRangeException.ThrowIfLessThan(size, 1);
+        var spans = new List<PositionSpan>();
+        for (var i = 0; i < visual.Count;)
+        {
+            var end = i;
+            while (end < visual.Count && visual[end] == visual[i])
+            {
+                end++;
+            }
+
+            spans.Add(new PositionSpan(i, end - i, visual[i]));
+            i = end;
+        }
+
+        var binOf = new int[visual.Count];
+        var kinds = new List<bool>();
+        foreach (var span in spans)
+        {
+            for (var k = 0; k < span.Length; k++)
+            {
+                binOf[span.Start + k] = kinds.Count + (k / size);
+            }
+
+            kinds.AddRange(Enumerable.Repeat(span.Visual, BinsIn(span.Length, size)));
+        }
+
+        return new PositionBins(size, spans, binOf, [.. kinds]);
+    }
+
+    /// <summary>The bin of an original prompt position.</summary>
+    public int BinOf(int position) => _binOf[position];
+
+    /// <summary>Whether a bin holds visual tokens.</summary>
+    public bool IsVisual(int bin) => _visual[bin];
+
+    /// <summary>
+    /// Sums per-key weights [S] of the keys a layer saw into the bins: <paramref name="positions"/>[j] is the original
+    /// position of key j. Bins whose positions are all absent get 0. Returns [Count] float64 on the weights' device, so
+    /// only this small vector ever needs to reach the host.
+    /// </summary>
+    internal Tensor Accumulate(Tensor weights, IReadOnlyList<int> positions)
+    {
+        using var scope = NewDisposeScope();
+        var bins = torch.tensor(positions.Select(p => (long)_binOf[p]).ToArray()).to(weights.device);
+        return torch.zeros([Count], ScalarType.Float64, weights.device)
+            .index_add_(0, bins, weights.to(ScalarType.Float64), 1)
+            .MoveToOuterDisposeScope();
+    }
+}
