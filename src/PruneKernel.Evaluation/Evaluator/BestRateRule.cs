@@ -36,7 +36,7 @@ public sealed record BestRateRule(IReadOnlyList<double> Rates, IReadOnlyList<(in
         var fit = Statistics.FitQuadratic(best.Select(b => b.Group / 1000.0).ToList(), best.Select(b => b.Rate).ToList());
         // Rounded so that the rule (and the condition named after it) is stable in text and across reruns.
         var rule = new LengthDependentRate(Math.Round(fit.A, 6), Math.Round(fit.B, 6), Math.Round(fit.C, 6),
-            best.Min(b => b.Rate), Math.Min(0.9, best.Max(b => b.Rate)));
+            Math.Round(best.Min(b => b.Rate), 6), Math.Round(Math.Min(0.9, best.Max(b => b.Rate)), 6));
         return new BestRateRule(rates, best, fit, rule);
     }
 }

@@ -79,13 +79,15 @@ public sealed record LengthDependentRate(double A, double B, double C, double Mi
     /// <summary>Writes the rule as JSON (<c>a</c>, <c>b</c>, <c>c</c>, <c>min</c>, <c>max</c>, and where it came from).</summary>
     public void Save(string path, string source)
     {
+        // Twelve significant digits and no negative zero: the fit's rounding noise says nothing a reader needs.
+        static double Tidy(double v) => double.Parse(v.ToString("G12", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture) + 0.0;
         var node = new JsonObject
         {
-            ["a"] = A,
-            ["b"] = B,
-            ["c"] = C,
-            ["min"] = Min,
-            ["max"] = Max,
+            ["a"] = Tidy(A),
+            ["b"] = Tidy(B),
+            ["c"] = Tidy(C),
+            ["min"] = Tidy(Min),
+            ["max"] = Tidy(Max),
             ["length_unit"] = "thousands of text tokens",
             ["source"] = source,
         };
