@@ -6,8 +6,8 @@
 # and white variants), trains for what the budget leaves, writes runtime goldens and greedy accuracy, checks the saved
 # folder with transformers, and leaves tar files in $OUT.
 # The defaults reproduce models/demo-llava-tiny. The two experiments of its model card's "Tried and not adopted" ran
-#   PRESET=deep LR=1.5e-3 WARMUP=200 TRAIN_SCENES=20000 DRILLS=8 RESERVE_S=240 BUDGET_S=580
-#   PRESET=demo TRAIN_SCENES=20000 DRILLS=8 WARMUP=200 RESERVE_S=160 BUDGET_S=585
+#   PRESET=deep LR=1.5e-3 WARMUP=200 TRAIN_SCENES=20000 DRILLS=8 CONTEXT_AVERAGE=Turns RESERVE_S=240 BUDGET_S=580
+#   PRESET=demo TRAIN_SCENES=20000 DRILLS=8 WARMUP=200 CONTEXT_AVERAGE=Turns RESERVE_S=160 BUDGET_S=585
 set -u
 start=$(date +%s)
 budget=${BUDGET_S:-585}
@@ -45,7 +45,7 @@ minutes=$(python3 -c "print(round(max(30, $loop) / 60, 3))")
 echo "build took $((now - start)) s; training for $minutes min"
 timeout $((start + budget - now - 45)) bash .device/run.sh train --data "$W/data/trainall.jsonl" --eval-data "$W/data/test.jsonl" \
   --out "$W/model" --preset "${PRESET:-demo}" --minutes "$minutes" --batch-size "${BATCH:-64}" --lr "${LR:-2e-3}" --warmup "${WARMUP:-100}" \
-  --context-loss "${CONTEXT_LOSS:-1.0}" --seed 0 --device "${DEVICE:-cuda}" --tokenizer $tok --eval-every 250 \
+  --context-loss "${CONTEXT_LOSS:-1.0}" --context-loss-average "${CONTEXT_AVERAGE:-Tokens}" --seed 0 --device "${DEVICE:-cuda}" --tokenizer $tok --eval-every 250 \
   --accuracy-rows 1500 --accuracy-seconds 60 --golden-rows 4 --golden-out "$W/golden" 2>&1 | tee "$W/train_stdout.txt" | grep -v "^step .*[1-9]0/" 
 left=$((start + budget - $(date +%s)))
 echo "left for the check: $left s"

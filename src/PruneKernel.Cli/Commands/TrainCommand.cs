@@ -28,6 +28,7 @@ internal static class TrainCommand
         var storage = new Option<string>("--storage-dtype") { Description = "bf16 or f32.", DefaultValueFactory = _ => "bf16" };
         storage.AcceptOnlyFromAmong("bf16", "f32");
         var contextLoss = new Option<double>("--context-loss") { Description = "Weight of a language-model loss on the assistant turns of the context (0: answers only).", DefaultValueFactory = _ => 0 };
+        var contextAverage = new Option<ContextLossAverage>("--context-loss-average") { Description = "Tokens (default) or Turns: average the context loss over tokens, or give every assistant turn the same weight.", DefaultValueFactory = _ => ContextLossAverage.Tokens };
         var log = new Option<FileInfo?>("--log") { Description = "Training log JSON (default: training_log.json in --out)." };
         var accuracyRows = new Option<int>("--accuracy-rows") { Description = "Held-out rows answered greedily at the end.", DefaultValueFactory = _ => 400 };
         var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 200 };
@@ -36,7 +37,7 @@ internal static class TrainCommand
         var goldenOut = new Option<DirectoryInfo?>("--golden-out") { Description = "Folder for golden.safetensors / golden.json." };
         var accuracyOnly = new Option<bool>("--accuracy-only") { Description = "Do not train: answer --eval-data with the model in --out and print the accuracy JSON." };
         var command = new Command("train", "Train a LLaVA model from scratch on benchmark rows and save it in Hugging Face format.");
-        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, log, accuracyRows, evalEvery, accuracySeconds, goldenRows, goldenOut, accuracyOnly })
+        foreach (var option in new Option[] { data, evalData, output, preset, steps, minutes, batch, lr, warmup, seed, device, tokenizer, storage, contextLoss, contextAverage, log, accuracyRows, evalEvery, accuracySeconds, goldenRows, goldenOut, accuracyOnly })
         {
             command.Add(option);
         }
@@ -72,6 +73,7 @@ internal static class TrainCommand
                     WarmupSteps = r.GetValue(warmup),
                     Seed = r.GetValue(seed),
                     ContextLossWeight = r.GetValue(contextLoss),
+                    ContextLossAverage = r.GetValue(contextAverage),
                 },
                 Steps = r.GetValue(steps),
                 Minutes = r.GetValue(minutes),

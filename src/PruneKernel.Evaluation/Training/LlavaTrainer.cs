@@ -36,8 +36,25 @@ public sealed record TrainingOptions
     /// </summary>
     public double ContextLossWeight { get; init; }
 
+    /// <summary>
+    /// How the context-turn loss averages: over tokens (default; the committed demonstration model's objective), or over
+    /// turns, each turn's mean token loss weighing the same (so a one-word drill answer counts as much as a long
+    /// description whose words are mostly predictable from the text).
+    /// </summary>
+    public ContextLossAverage ContextLossAverage { get; init; } = ContextLossAverage.Tokens;
+
     /// <summary>Whether the assistant context turns are predicted too.</summary>
     public bool TrainContextTurns => ContextLossWeight > 0;
+}
+
+/// <summary>How <see cref="TrainingOptions.ContextLossWeight"/>'s loss averages over the context targets of a batch.</summary>
+public enum ContextLossAverage
+{
+    /// <summary>Mean over all context-turn tokens of the batch.</summary>
+    Tokens,
+
+    /// <summary>Mean over the batch's context turns of each turn's mean token loss.</summary>
+    Turns,
 }
 
 /// <summary>
@@ -157,6 +174,7 @@ internal sealed class LlavaTrainer : IDisposable
         var contextLabels = new List<long>();
         var contextWeights = new List<float>();
         var contextTurns = batch.Sum(e => e.ExtraTargets.Count(s => s.End > s.Start));
+        var contextTokens = (float)batch.Sum(e => e.ExtraTargets.Sum(s => s.End - s.Start));
         for (var b = 0; b < batch.Count; b++)
         {
             var row = batch[b].InputIds;
@@ -180,9 +198,8 @@ internal sealed class LlavaTrainer : IDisposable
                 foreach (var (start, end) in batch[b].ExtraTargets)
                 {
                     Predict(start, end, contextPositions, contextLabels);
-                    // Every turn weighs the same, whatever its length: a one-word drill answer counts as much as a
-                    // long description whose words are mostly predictable from the text.
-                    contextWeights.AddRange(Enumerable.Repeat(1f / ((end - start) * (float)contextTurns), end - start));
+                    var weight = _options.ContextLossAverage == ContextLossAverage.Turns ? 1f / ((end - start) * (float)contextTurns) : 1f / contextTokens;
+                    contextWeights.AddRange(Enumerable.Repeat(weight, end - start));
                 }
             }
 
@@ -210,9 +227,9 @@ internal sealed class LlavaTrainer : IDisposable
 
     /// <summary>
     /// The training objective (with the graph): mean cross-entropy over the batch's answer tokens, plus
-    /// <see cref="TrainingOptions.ContextLossWeight"/> times the mean over its assistant context turns of each turn's mean
-    /// token cross-entropy. Separate means, so the few answer tokens are not drowned by the many context tokens, nor
-    /// short turns by long ones.
+    /// <see cref="TrainingOptions.ContextLossWeight"/> times the mean over its assistant context-turn tokens (or over
+    /// turns, <see cref="TrainingOptions.ContextLossAverage"/>). Separate means, so the few answer tokens are not drowned
+    /// by the many context tokens.
     /// </summary>
     public Tensor Loss(IReadOnlyList<TrainingExample> batch, Tensor pixelBank)
     {

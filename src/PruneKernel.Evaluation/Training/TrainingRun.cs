@@ -147,6 +147,7 @@ public static class TrainingRun
             ["clip_norm"] = options.Training.ClipNorm,
             ["seed"] = options.Training.Seed,
             ["context_loss_weight"] = options.Training.ContextLossWeight,
+            ["context_loss_average"] = options.Training.ContextLossAverage.ToString(),
             ["prepare_seconds"] = Math.Round(prepareSeconds, 2),
         };
 

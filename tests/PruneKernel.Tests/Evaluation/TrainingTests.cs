@@ -154,7 +154,8 @@ public sealed class TrainingTests : IDisposable
         var config = LlavaConfig.Load(Folder);
         using var corpus = Corpus(config, contextTurns: true);
         using var answersOnly = new LlavaTrainer(config, new TrainingOptions { Seed = 3 }, TorchRuntime.ResolveDevice("cpu"));
-        using var withContext = new LlavaTrainer(config, new TrainingOptions { Seed = 3, ContextLossWeight = 1 }, TorchRuntime.ResolveDevice("cpu"));
+        using var withContext = new LlavaTrainer(config, new TrainingOptions { Seed = 3, ContextLossWeight = 1, ContextLossAverage = ContextLossAverage.Turns }, TorchRuntime.ResolveDevice("cpu"));
+        using var byTokens = new LlavaTrainer(config, new TrainingOptions { Seed = 3, ContextLossWeight = 1 }, TorchRuntime.ResolveDevice("cpu"));
         using var noGrad = torch.no_grad();
         double ContextTerm(List<TrainingExample> batch) => withContext.Loss(batch, corpus.Pixels).item<float>() - answersOnly.Loss(batch, corpus.Pixels).item<float>();
 
@@ -164,6 +165,11 @@ public sealed class TrainingTests : IDisposable
         Assert.Equal(3, rows.Select(r => r.ExtraTargets[0].End - r.ExtraTargets[0].Start).Distinct().Count());
         var single = rows.Select(r => ContextTerm([r])).ToList();
         Assert.Equal(single.Average(), ContextTerm(rows), 4);
+
+        // The default averages over tokens: the batch's term is the rows' terms weighted by their turn lengths.
+        var lengths = rows.Select(r => (double)(r.ExtraTargets[0].End - r.ExtraTargets[0].Start)).ToList();
+        var tokenTerm = byTokens.Loss(rows, corpus.Pixels).item<float>() - answersOnly.Loss(rows, corpus.Pixels).item<float>();
+        Assert.Equal(single.Zip(lengths, (t, n) => t * n).Sum() / lengths.Sum(), tokenTerm, 4);
     }
 
     [Fact]
