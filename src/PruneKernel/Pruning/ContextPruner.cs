@@ -164,9 +164,9 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         var shareBefore = (before * visual).sum(-1);
         var shareAfter = (after * visual).sum(-1);
         static Tensor Entropy(Tensor p) => (-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)).mean();
-        var binMass = _bins.Accumulate(before.mean([0L]), _original);
-        // Six statistics and the bins, one device-to-host copy (each read would otherwise wait for the device on its own).
-        var stats = torch.cat([torch.stack([shareBefore.mean(), shareBefore.max(), shareAfter.mean(), shareAfter.max(), Entropy(before), Entropy(after)]), binMass])
+        // Six statistics and the head-mean row (for the position bins), one device-to-host copy (each read would
+        // otherwise wait for the device on its own).
+        var stats = torch.cat([torch.stack([shareBefore.mean(), shareBefore.max(), shareAfter.mean(), shareAfter.max(), Entropy(before), Entropy(after)]), before.mean([0L])])
             .cpu().data<double>().ToArray();
         var (meanBefore, maxBefore, meanAfter, maxAfter) = (stats[0], stats[1], stats[2], stats[3]);
         return new PruningLayerReport
@@ -181,7 +181,7 @@ internal sealed class ContextPruner : IDecoderTokenSelector
             VisualShareMaxAfter = maxAfter,
             EntropyBefore = stats[4],
             EntropyAfter = stats[5],
-            PositionBinMass = stats[6..],
+            PositionBinMass = _bins.Accumulate(stats.AsSpan(6), _original),
         };
     }
 

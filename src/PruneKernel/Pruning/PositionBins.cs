@@ -88,16 +88,24 @@ public sealed class PositionBins
     public bool IsVisual(int bin) => _visual[bin];
 
     /// <summary>
-    /// Sums per-key weights [S] of the keys a layer saw into the bins: <paramref name="positions"/>[j] is the original
-    /// position of key j. Bins whose positions are all absent get 0. Returns [Count] float64 on the weights' device, so
-    /// only this small vector ever needs to reach the host.
+    /// Sums per-key weights of the keys a layer saw into the bins: <paramref name="positions"/>[j] is the original
+    /// position of key j, whose weight is <paramref name="weights"/>[j]. Bins whose positions are all absent get 0. On the
+    /// host: the weights arrive with the layer's other statistics in one copy, and a device-side sum would need its index
+    /// uploaded every layer, which waits for the device.
     /// </summary>
-    internal Tensor Accumulate(Tensor weights, IReadOnlyList<int> positions)
+    internal double[] Accumulate(ReadOnlySpan<double> weights, IReadOnlyList<int> positions)
     {
-        using var scope = NewDisposeScope();
-        var bins = torch.tensor(positions.Select(p => (long)_binOf[p]).ToArray()).to(weights.device);
-        return torch.zeros([Count], ScalarType.Float64, weights.device)
-            .index_add_(0, bins, weights.to(ScalarType.Float64), 1)
-            .MoveToOuterDisposeScope();
+        if (weights.Length != positions.Count)
+        {
+            throw new ArgumentException($"{weights.Length} weights for {positions.Count} positions.", nameof(weights));
+        }
+
+        var mass = new double[Count];
+        for (var j = 0; j < weights.Length; j++)
+        {
+            mass[_binOf[positions[j]]] += weights[j];
+        }
+
+        return mass;
     }
 }

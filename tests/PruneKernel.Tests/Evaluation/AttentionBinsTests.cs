@@ -43,15 +43,13 @@ public sealed class AttentionBinsTests
     {
         var bins = PositionBins.Of(Enumerable.Repeat(false, 10).ToArray(), size: 3); // bins {0,1,2} {3,4,5} {6,7,8} {9}
         int[] present = [0, 2, 6, 9]; // 1, 3, 4, 5 and 7, 8 were pruned: bin 1 is empty
-        using var weights = torch.tensor(new[] { 0.1f, 0.2f, 0.3f, 0.4f });
-        using var mass = bins.Accumulate(weights, present);
-        Assert.Equal(ScalarType.Float64, mass.dtype);
-        var values = mass.data<double>().ToArray();
+        var values = bins.Accumulate([0.1, 0.2, 0.3, 0.4], present);
         Assert.Equal(4, values.Length);
         Assert.Equal(0.3, values[0], 6);
         Assert.Equal(0.0, values[1]);
         Assert.Equal(0.3, values[2], 6);
         Assert.Equal(0.4, values[3], 6);
+        Assert.Throws<ArgumentException>(() => bins.Accumulate([0.1, 0.2], present));
     }
 
     [Fact]
