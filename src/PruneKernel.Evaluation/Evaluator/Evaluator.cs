@@ -148,6 +148,7 @@ public static class Evaluator
         var total = items.Sum(i => conditions.Count(c => Applies(c, i)));
         var done = items.Sum(i => conditions.Count(c => Applies(c, i) && store.IsDone(c.Name, i.Id)));
         var computed = 0;
+        var withBins = conditions.Where(plan.RecordsPositionBins).Select(c => c.Name).ToHashSet(StringComparer.Ordinal);
         var generation = new GenerationOptions { MaxNewTokens = options.MaxNewTokens, Temperature = 0 };
         for (var index = 0; index < items.Count; index++)
         {
@@ -174,7 +175,7 @@ public static class Evaluator
                     throw new PruneKernelException($"{options.DataPath}:{lines[index]}: row '{item.Id}' under {condition.Name}: {e.Message}", e);
                 }
 
-                store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds, plan.RecordsPositionBins(condition)));
+                store.Append(ToResult(condition, item, prompt, result, rowWatch.Elapsed.TotalMilliseconds, withBins.Contains(condition.Name)));
                 done++;
                 computed++;
                 options.Progress?.Report(new EvalProgress(done, total, computed, condition.Name, watch.Elapsed));

@@ -161,7 +161,7 @@ internal sealed class LlavaTrainer : IDisposable
     /// One forward pass over a right-padded batch; logits and labels at the answer targets and (when asked and present)
     /// at the assistant context-turn targets.
     /// </summary>
-    private ((Tensor Logits, Tensor Labels) Answers, (Tensor Logits, Tensor Labels, Tensor Weights)? Context) Forward(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, bool withContext)
+    private ((Tensor Logits, Tensor Labels) Answers, (Tensor Logits, Tensor Labels, Tensor? TurnWeights)? Context) Forward(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, bool withContext)
     {
         var device = Model.Device;
         var length = batch.Max(e => e.InputIds.Length);
@@ -172,9 +172,9 @@ internal sealed class LlavaTrainer : IDisposable
         var answerLabels = new List<long>();
         var contextPositions = new List<long>();
         var contextLabels = new List<long>();
-        var contextWeights = new List<float>();
+        var byTurn = _options.ContextLossAverage == ContextLossAverage.Turns;
+        var turnWeights = new List<float>();
         var contextTurns = batch.Sum(e => e.ExtraTargets.Count(s => s.End > s.Start));
-        var contextTokens = (float)batch.Sum(e => e.ExtraTargets.Sum(s => s.End - s.Start));
         for (var b = 0; b < batch.Count; b++)
         {
             var row = batch[b].InputIds;
@@ -198,8 +198,10 @@ internal sealed class LlavaTrainer : IDisposable
                 foreach (var (start, end) in batch[b].ExtraTargets)
                 {
                     Predict(start, end, contextPositions, contextLabels);
-                    var weight = _options.ContextLossAverage == ContextLossAverage.Turns ? 1f / ((end - start) * (float)contextTurns) : 1f / contextTokens;
-                    contextWeights.AddRange(Enumerable.Repeat(weight, end - start));
+                    if (byTurn)
+                    {
+                        turnWeights.AddRange(Enumerable.Repeat(1f / ((end - start) * (float)contextTurns), end - start));
+                    }
                 }
             }
 
@@ -222,7 +224,7 @@ internal sealed class LlavaTrainer : IDisposable
         }
 
         var (contextLogits, labels) = At(contextPositions, contextLabels);
-        return (At(answerPositions, answerLabels), (contextLogits, labels, torch.tensor(contextWeights.ToArray(), device: device)));
+        return (At(answerPositions, answerLabels), (contextLogits, labels, byTurn ? torch.tensor(turnWeights.ToArray(), device: device) : null));
     }
 
     /// <summary>
@@ -238,8 +240,10 @@ internal sealed class LlavaTrainer : IDisposable
         var loss = nn.functional.cross_entropy(answers.Logits, answers.Labels);
         if (context is { } c)
         {
-            var perToken = nn.functional.cross_entropy(c.Logits, c.Labels, reduction: nn.Reduction.None);
-            loss = loss + (_options.ContextLossWeight * (perToken * c.Weights).sum());
+            var contextLoss = c.TurnWeights is { } weights
+                ? (nn.functional.cross_entropy(c.Logits, c.Labels, reduction: nn.Reduction.None) * weights).sum()
+                : nn.functional.cross_entropy(c.Logits, c.Labels);
+            loss = loss + (_options.ContextLossWeight * contextLoss);
         }
 
         return loss.MoveToOuterDisposeScope();

@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace PruneKernel.Pruning;
 
 /// <summary>A maximal run of consecutive prompt positions of one kind, visual or text.</summary>

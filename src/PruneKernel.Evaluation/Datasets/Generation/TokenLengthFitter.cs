@@ -55,13 +55,14 @@ internal sealed class TokenLengthFitter(PromptTokenCounter counter)
         var drillTokens = 0;
         foreach (var drill in drills)
         {
-            if (drillTokens + EstimateOf(drill) > (target - bare) / 2)
+            var cost = EstimateOf(drill);
+            if (drillTokens + cost > (target - bare) / 2)
             {
                 break;
             }
 
             placed.Add(drill);
-            drillTokens += EstimateOf(drill);
+            drillTokens += cost;
         }
 
         var estimate = tokens + drillTokens;
