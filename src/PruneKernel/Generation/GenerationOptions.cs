@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using PruneKernel.Pruning;
+using PruneKernel.Sampling;
 
 namespace PruneKernel.Generation;
 
@@ -27,6 +28,23 @@ public sealed record GenerationOptions
     /// <summary>Context pruning for the prompt pass; null or disabled runs the plain forward pass.</summary>
     public ContextPruningOptions? Pruning { get; init; }
 
+    /// <summary>
+    /// OpenAI-style frequency penalty: each generated occurrence of a token lowers its logit by this much (0 or null: off).
+    /// </summary>
+    public float? FrequencyPenalty { get; init; }
+
+    /// <summary>OpenAI-style presence penalty: a token generated at least once has its logit lowered by this much.</summary>
+    public float? PresencePenalty { get; init; }
+
+    /// <summary>
+    /// transformers' repetition penalty over prompt and output tokens: a seen token's positive logit is divided by it,
+    /// a negative one multiplied (1 or null: off).
+    /// </summary>
+    public float? RepetitionPenalty { get; init; }
+
+    /// <summary>A rule the output must follow (JSON, a JSON schema, a tool call); null leaves the text free.</summary>
+    public OutputConstraint? Constraint { get; init; }
+
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid value.</summary>
     public void Validate()
     {
@@ -48,6 +66,21 @@ public sealed record GenerationOptions
         if (TopK is < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "must be >= 0 (0 disables it)");
+        }
+
+        if (FrequencyPenalty is { } f && (!float.IsFinite(f) || f < -2 || f > 2))
+        {
+            throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), FrequencyPenalty, "must be in [-2, 2]");
+        }
+
+        if (PresencePenalty is { } pp && (!float.IsFinite(pp) || pp < -2 || pp > 2))
+        {
+            throw new ArgumentOutOfRangeException(nameof(PresencePenalty), PresencePenalty, "must be in [-2, 2]");
+        }
+
+        if (RepetitionPenalty is { } r && (!float.IsFinite(r) || r <= 0))
+        {
+            throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), RepetitionPenalty, "must be a finite number > 0");
         }
 
         if (StopSequences.Any(string.IsNullOrEmpty))
