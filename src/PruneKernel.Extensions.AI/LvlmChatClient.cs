@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Threading.Channels;
 using Microsoft.Extensions.AI;
 using PruneKernel.Generation;
 using PruneKernel.Text;
@@ -12,8 +11,8 @@ namespace PruneKernel.Extensions.AI;
 /// An <see cref="IChatClient"/> over a local LLaVA-family model (<see cref="Lvlm"/>). Messages go through the model's
 /// chat template; images come as <see cref="DataContent"/> or <see cref="UriContent"/>; <see cref="ChatOptions"/> map to
 /// sampling settings, and context pruning travels in <see cref="ChatOptions.AdditionalProperties"/>
-/// (<see cref="ContextPruningChatOptionsExtensions.WithContextPruning"/>). Requests are served one at a time per model;
-/// concurrent callers queue. The model has no tool calling: requests with tools are refused.
+/// (<see cref="ContextPruningChatOptionsExtensions.WithContextPruning"/>). Concurrent requests are batched by the model's
+/// engine (<see cref="EngineOptions"/>); a history resent each turn reuses the cached prefix. The model has no tool calling: requests with tools are refused.
 /// </summary>
 public sealed class LvlmChatClient : IChatClient
 {
@@ -22,6 +21,12 @@ public sealed class LvlmChatClient : IChatClient
 
     /// <summary>The <see cref="UsageDetails.AdditionalCounts"/> key of the number of pruned prompt tokens.</summary>
     public const string PrunedTokensKey = "PrunedTokens";
+
+    /// <summary>
+    /// The <see cref="UsageDetails.AdditionalCounts"/> key of the prompt tokens whose keys and values came from the
+    /// prefix cache (the part of the history that was not computed again).
+    /// </summary>
+    public const string ReusedTokensKey = "ReusedPromptTokens";
 
     private readonly Lvlm _model;
     private readonly bool _ownsModel;
@@ -78,8 +83,8 @@ public sealed class LvlmChatClient : IChatClient
     {
         var (prompt, generation) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
         var watch = Stopwatch.StartNew();
-        // Generation is synchronous, compute-bound work: keep it off the caller's thread.
-        var result = await Task.Run(() => _model.Generate(prompt, generation, cancellationToken), cancellationToken).ConfigureAwait(false);
+        // The model's engine runs the request on its own thread; awaiting it blocks no thread of the caller's.
+        var result = await _model.GenerateAsync(prompt, generation, cancellationToken).ConfigureAwait(false);
         LvlmTelemetry.Record(result, ModelId, watch.Elapsed);
         var response = new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text))
         {
@@ -102,27 +107,11 @@ public sealed class LvlmChatClient : IChatClient
         IEnumerable<ChatMessage> messages, ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var (prompt, generation) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
-        var channel = Channel.CreateUnbounded<GenerationUpdate>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var watch = Stopwatch.StartNew();
-        var producer = Task.Run(() =>
-        {
-            try
-            {
-                foreach (var update in _model.GenerateStreaming(prompt, generation, cancellationToken))
-                {
-                    channel.Writer.TryWrite(update);
-                }
-
-                channel.Writer.TryComplete();
-            }
-            catch (Exception e)
-            {
-                channel.Writer.TryComplete(e);
-            }
-        }, cancellationToken);
-
         var responseId = Guid.NewGuid().ToString("N");
-        await foreach (var update in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+        // Leaving this loop early (a break, a disposed enumerator) disposes the engine's stream, which cancels the
+        // request at its next step: an abandoned stream never keeps the model busy.
+        await foreach (var update in _model.GenerateStreamingAsync(prompt, generation, cancellationToken).ConfigureAwait(false))
         {
             if (update.TextDelta.Length > 0)
             {
@@ -146,8 +135,6 @@ public sealed class LvlmChatClient : IChatClient
                 yield return last;
             }
         }
-
-        await producer.ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -166,8 +153,10 @@ public sealed class LvlmChatClient : IChatClient
     {
         if (_ownsModel)
         {
-            (_model.ImageFeatureCache as IDisposable)?.Dispose();
+            // The model first: its engine stops and fails waiting requests, so nothing reads the cache once it is gone.
+            var cache = _model.ImageFeatureCache as IDisposable;
             _model.Dispose();
+            cache?.Dispose();
         }
     }
 
@@ -242,6 +231,7 @@ public sealed class LvlmChatClient : IChatClient
             Seed = options?.Seed,
             StopSequences = options?.StopSequences?.ToArray() ?? [],
             Pruning = options?.GetContextPruning(),
+            ConversationId = options?.ConversationId,
         };
         return (prompt, generation);
     }
@@ -256,10 +246,11 @@ public sealed class LvlmChatClient : IChatClient
             InputTokenCount = result.PromptTokenCount,
             OutputTokenCount = result.OutputTokenIds.Count,
             TotalTokenCount = result.PromptTokenCount + result.OutputTokenIds.Count,
+            AdditionalCounts = new() { [ReusedTokensKey] = result.ReusedPromptTokens },
         };
         if (result.Pruning is { } report)
         {
-            usage.AdditionalCounts = new() { [PrunedTokensKey] = report.PrunedTokens };
+            usage.AdditionalCounts![PrunedTokensKey] = report.PrunedTokens;
         }
 
         return usage;

@@ -128,3 +128,45 @@ public sealed class ContextLengthExceededException : PruneKernelException
     /// <summary>The model's context window.</summary>
     public int ContextLength { get; }
 }
+
+/// <summary>The model produced NaN or infinite logits (broken or overflowing weights); generation stops rather than emit garbage.</summary>
+public sealed class NonFiniteLogitsException : PruneKernelException
+{
+    /// <summary>Creates the exception for the step (0 = the token after the prompt) whose logits were not finite.</summary>
+    public NonFiniteLogitsException(int step)
+        : base($"The model's logits at generation step {step} contain NaN or infinite values; the weights may be corrupt or overflow in this dtype.") =>
+        Step = step;
+
+    /// <summary>Creates the exception.</summary>
+    public NonFiniteLogitsException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public NonFiniteLogitsException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public NonFiniteLogitsException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <summary>The generation step (0 = the token after the prompt).</summary>
+    public int Step { get; }
+}
+
+/// <summary>The engine's request queue is full: the caller should retry later (HTTP 503/429 territory), not wait unboundedly.</summary>
+public sealed class EngineOverloadedException : PruneKernelException
+{
+    /// <summary>Creates the exception with the queue bound.</summary>
+    public EngineOverloadedException(int queued)
+        : base($"The model's request queue is full ({queued} requests waiting); retry later or raise EngineOptions.MaxQueuedRequests.") =>
+        Queued = queued;
+
+    /// <summary>Creates the exception.</summary>
+    public EngineOverloadedException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public EngineOverloadedException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public EngineOverloadedException(string message, Exception innerException) : base(message, innerException) { }
+
+    /// <summary>Requests that were waiting.</summary>
+    public int Queued { get; }
+}

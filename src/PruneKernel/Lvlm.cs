@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using PruneKernel.Checkpoints;
+using PruneKernel.Engine;
 using PruneKernel.Generation;
 using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
@@ -21,20 +23,24 @@ public sealed record LvlmLoadOptions
     /// "f32", "bf16" or "f16". Default: f32 on the CPU (CPU half-precision kernels are slow), the checkpoint's own dtype on CUDA.
     /// </summary>
     public string? DType { get; init; }
+
+    /// <summary>Scheduling and caching of the generation engine: batch size, queue bound, prefix cache, CUDA graphs.</summary>
+    public EngineOptions Engine { get; init; } = new();
 }
 
 /// <summary>
 /// A LLaVA-family vision-language model loaded from a local Hugging Face folder: tokenizer, chat template, image
-/// processor and network together. Generation is serialized per instance; dispose to free the weights.
+/// processor and network together. Thread-safe: concurrent requests are scheduled by one engine per instance, which
+/// decodes them in batches (<see cref="EngineOptions"/>). Dispose to stop it and free the weights.
 /// </summary>
 public sealed class Lvlm : IDisposable
 {
     private readonly LlavaForConditionalGeneration _model;
-    private readonly SemaphoreSlim _gate = new(1, 1);
-    private bool _disposed;
+    private readonly GenerationEngine _engine;
+    private volatile bool _disposed;
 
     private Lvlm(string folder, LlavaConfig config, LlavaForConditionalGeneration model, LlamaTextTokenizer tokenizer,
-        IChatTemplate template, ClipImageProcessor imageProcessor, GenerationDefaults defaults)
+        IChatTemplate template, ClipImageProcessor imageProcessor, GenerationDefaults defaults, EngineOptions engine)
     {
         ModelFolder = folder;
         Config = config;
@@ -44,6 +50,7 @@ public sealed class Lvlm : IDisposable
         ImageProcessor = imageProcessor;
         GenerationDefaults = defaults;
         _anyRes = config.ImageGridPinpoints is { } pinpoints ? new AnyResImageProcessor(imageProcessor, pinpoints) : null;
+        _engine = new GenerationEngine(model, tokenizer, defaults, engine, () => ImageFeatureCache, Identity);
     }
 
     private readonly AnyResImageProcessor? _anyRes;
@@ -87,6 +94,15 @@ public sealed class Lvlm : IDisposable
 
     internal LlavaForConditionalGeneration Network => _model;
 
+    /// <summary>The engine that schedules this model's requests (queue, batch, prefix cache).</summary>
+    internal GenerationEngine GenerationEngine => _engine;
+
+    /// <summary>Requests waiting for admission to the batch.</summary>
+    public int QueuedRequests => _engine.QueueLength;
+
+    /// <summary>Requests in the batch (in their prompt pass or decoding).</summary>
+    public int ActiveRequests => _engine.ActiveCount;
+
     /// <summary>Loads config, weights (memory-mapped safetensors, one or many shards), tokenizer and processor from a folder.</summary>
     /// <exception cref="ModelConfigException">config.json is missing, malformed or unsupported.</exception>
     /// <exception cref="CheckpointFormatException">Weights are missing, malformed or do not match the config.</exception>
@@ -94,6 +110,7 @@ public sealed class Lvlm : IDisposable
     public static Lvlm Load(string modelFolder, LvlmLoadOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new LvlmLoadOptions();
+        options.Engine.Validate();
         if (!Directory.Exists(modelFolder))
         {
             throw new ModelConfigException($"Model folder '{modelFolder}' does not exist.");
@@ -123,7 +140,13 @@ public sealed class Lvlm : IDisposable
         }
 
         model.eval();
-        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults) { DynamicRate = dynamicRate };
+        if (device.type == DeviceType.CUDA)
+        {
+            // The engine thread may issue its work on a stream of its own: the weights' copies must be complete first.
+            torch.cuda.synchronize();
+        }
+
+        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults, options.Engine) { DynamicRate = dynamicRate };
     }
 
     /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>
@@ -177,19 +200,24 @@ public sealed class Lvlm : IDisposable
         // pooled patches per frame for videos), and the inputs are kept in the order their placeholders appear.
         var expanded = new List<int>(ids.Count);
         var pixels = new List<PixelValues>();
+        var spans = new List<(int Start, int Length)>();
         int nextImage = 0, nextVideo = 0;
         foreach (var id in ids)
         {
             if (id == Config.ImageTokenId)
             {
                 var image = images[nextImage++];
-                expanded.AddRange(Enumerable.Repeat(id, Config.ImageTokensFor(image.Height, image.Width)));
+                var count = Config.ImageTokensFor(image.Height, image.Width);
+                spans.Add((expanded.Count, count));
+                expanded.AddRange(Enumerable.Repeat(id, count));
                 pixels.Add(_anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image));
             }
             else if (id == Config.VideoTokenId)
             {
                 var frames = videos[nextVideo++];
-                expanded.AddRange(Enumerable.Repeat(id, frames.Count * Config.VideoTokensPerFrame));
+                var count = frames.Count * Config.VideoTokensPerFrame;
+                spans.Add((expanded.Count, count));
+                expanded.AddRange(Enumerable.Repeat(id, count));
                 pixels.Add(VideoPixels(frames));
             }
             else
@@ -217,7 +245,7 @@ public sealed class Lvlm : IDisposable
             expanded.Select(id => id == Config.ImageTokenId || id == Config.VideoTokenId).ToArray(),
             TailStart(expanded, ChatTemplate.GenerationPrompt) ?? expanded.Count - 1,
             TailStart(expanded, ChatTemplate.UserTurnMarker));
-        return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds, layout);
+        return new LvlmPrompt(text, expanded, pixels, watch.Elapsed.TotalMilliseconds, layout, spans);
     }
 
     /// <summary>A video's frames through the CLIP steps, one tile per frame.</summary>
@@ -258,21 +286,66 @@ public sealed class Lvlm : IDisposable
         return result!;
     }
 
-    /// <summary>Generates token by token; the last update carries the <see cref="GenerationResult"/>.</summary>
+    /// <summary>Generates a completion without blocking a thread while the request waits or runs.</summary>
+    public async Task<GenerationResult> GenerateAsync(LvlmPrompt prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        GenerationResult? result = null;
+        await foreach (var update in GenerateStreamingAsync(prompt, options, cancellationToken).ConfigureAwait(false))
+        {
+            result = update.Result ?? result;
+        }
+
+        return result!;
+    }
+
+    /// <summary>
+    /// Generates token by token; the last update carries the <see cref="GenerationResult"/>. Disposing the enumerator
+    /// early (breaking out of the loop) cancels the request at its next step.
+    /// </summary>
     public IEnumerable<GenerationUpdate> GenerateStreaming(LvlmPrompt prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        _gate.Wait(cancellationToken);
+        var sequence = _engine.Submit(prompt, options ?? new GenerationOptions(), options?.ConversationId, cancellationToken);
         try
         {
-            foreach (var update in LlavaGenerator.Run(_model, Tokenizer, prompt, options ?? new GenerationOptions(), GenerationDefaults, ImageFeatureCache, Identity, cancellationToken))
+            var reader = sequence.Updates;
+            while (true)
+            {
+                if (reader.TryRead(out var update))
+                {
+                    yield return update;
+                }
+                else if (!reader.WaitToReadAsync(cancellationToken).AsTask().GetAwaiter().GetResult())
+                {
+                    yield break;
+                }
+            }
+        }
+        finally
+        {
+            sequence.Cancel();
+        }
+    }
+
+    /// <summary>
+    /// Generates token by token without blocking a thread; the last update carries the <see cref="GenerationResult"/>.
+    /// Disposing the enumerator early cancels the request at its next step.
+    /// </summary>
+    public async IAsyncEnumerable<GenerationUpdate> GenerateStreamingAsync(LvlmPrompt prompt, GenerationOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var sequence = _engine.Submit(prompt, options ?? new GenerationOptions(), options?.ConversationId, cancellationToken);
+        try
+        {
+            await foreach (var update in sequence.Updates.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
                 yield return update;
             }
         }
         finally
         {
-            _gate.Release();
+            sequence.Cancel();
         }
     }
 
@@ -284,22 +357,19 @@ public sealed class Lvlm : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         options.Validate(Config.Text.NumHiddenLayers);
-        _gate.Wait();
-        try
+        return _engine.RunExclusive(() =>
         {
             using var scope = torch.NewDisposeScope();
-            using var noGrad = torch.no_grad();
             var pruner = new ContextPruner(options, prompt.Layout, candidateScores);
-            _ = _model.ForwardPrompt(prompt.InputIds, LlavaGenerator.EncodeImages(_model, prompt, ImageFeatureCache, Identity), null, pruner);
+            _ = _model.ForwardPrompt(prompt.InputIds, Engine.Prefill.EncodeImages(_model, prompt, ImageFeatureCache, Identity), null, pruner);
             return pruner.Report();
-        }
-        finally
-        {
-            _gate.Release();
-        }
+        });
     }
 
-    /// <summary>Frees the weights (and GPU memory).</summary>
+    /// <summary>
+    /// Stops the engine (waiting and running requests end with <see cref="ObjectDisposedException"/> at their next step)
+    /// and frees the weights (and GPU memory).
+    /// </summary>
     public void Dispose()
     {
         if (_disposed)
@@ -308,15 +378,7 @@ public sealed class Lvlm : IDisposable
         }
 
         _disposed = true;
-        _gate.Wait();
-        try
-        {
-            _model.Dispose();
-        }
-        finally
-        {
-            _gate.Release();
-            _gate.Dispose();
-        }
+        _engine.Dispose();
+        _model.Dispose();
     }
 }

@@ -8,9 +8,11 @@ namespace PruneKernel;
 /// <summary>A tokenized prompt with its preprocessed images, ready for generation.</summary>
 public sealed class LvlmPrompt
 {
-    internal LvlmPrompt(string text, IReadOnlyList<int> inputIds, IReadOnlyList<PixelValues> images, double preprocessMs, PromptLayout layout)
+    internal LvlmPrompt(string text, IReadOnlyList<int> inputIds, IReadOnlyList<PixelValues> images, double preprocessMs, PromptLayout layout,
+        IReadOnlyList<(int Start, int Length)> imageSpans)
     {
         Layout = layout;
+        ImageSpans = imageSpans;
         Text = text;
         InputIds = inputIds;
         Images = images;
@@ -31,6 +33,9 @@ public sealed class LvlmPrompt
 
     /// <summary>Image positions and protected spans, for context pruning.</summary>
     internal PromptLayout Layout { get; }
+
+    /// <summary>Where each image's (or video's) tokens are in <see cref="InputIds"/>, in the order of <see cref="Images"/>.</summary>
+    internal IReadOnlyList<(int Start, int Length)> ImageSpans { get; }
 
     /// <summary>Stacks single-tile images into one [N, C, H, W] float32 CPU tensor.</summary>
     internal Tensor PixelTensor()

@@ -1,4 +1,5 @@
 using PruneKernel.Evaluation.Datasets;
+using PruneKernel.Engine;
 using PruneKernel.Generation;
 using PruneKernel.Language;
 using PruneKernel.Pruning;
@@ -60,7 +61,7 @@ internal static class InformationFlow
             using var scope = torch.NewDisposeScope();
             using var grad = torch.enable_grad();
             var ids = torch.tensor(prompt.InputIds.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64).unsqueeze(0);
-            var images = LlavaGenerator.EncodeImages(net, prompt, model.ImageFeatureCache, model.Identity);
+            var images = Prefill.EncodeImages(net, prompt, model.ImageFeatureCache, model.Identity);
             // Weights do not require gradients; the embeddings do, so every attention matrix joins the graph.
             var embeds = net.EmbedPrompt(ids, images).detach().requires_grad_(true);
             var positions = torch.arange(prompt.InputIds.Count, dtype: ScalarType.Int64, device: embeds.device).unsqueeze(0);

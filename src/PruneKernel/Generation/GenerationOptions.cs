@@ -45,6 +45,12 @@ public sealed record GenerationOptions
     /// <summary>A rule the output must follow (JSON, a JSON schema, a tool call); null leaves the text free.</summary>
     public OutputConstraint? Constraint { get; init; }
 
+    /// <summary>
+    /// The conversation this request continues, if the caller knows (a prefix-cache hint: its entry is preferred and
+    /// replaced); the cache matches by tokens and images either way.
+    /// </summary>
+    public string? ConversationId { get; init; }
+
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid value.</summary>
     public void Validate()
     {
@@ -161,6 +167,9 @@ public enum GenerationFinishReason
 /// <summary>Wall-clock times of one generation, in milliseconds.</summary>
 public sealed record GenerationTimings
 {
+    /// <summary>Waiting for the engine to admit the request (other requests filled the batch or the token budget).</summary>
+    public double QueueMs { get; init; }
+
     /// <summary>Decoding and preprocessing the images.</summary>
     public double ImagePreprocessMs { get; init; }
 
@@ -200,6 +209,9 @@ public sealed record GenerationResult
 
     /// <summary>What context pruning did, when it ran.</summary>
     public PruningReport? Pruning { get; init; }
+
+    /// <summary>Prompt tokens whose keys and values came from the prefix cache instead of being computed.</summary>
+    public int ReusedPromptTokens { get; init; }
 }
 
 /// <summary>One streamed step: the token just generated and the text that became final with it (may be empty).</summary>

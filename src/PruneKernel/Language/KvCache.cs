@@ -4,55 +4,114 @@ using static TorchSharp.torch;
 namespace PruneKernel.Language;
 
 /// <summary>
-/// Keys and values one decoder layer has seen. The first append (the prompt pass) sizes the buffers to what this layer
-/// received plus the decoding budget, so decoding appends in place, and layers behind context pruning hold only the
-/// tokens they kept. Layers own separate caches because pruning gives deeper layers fewer tokens than shallow ones.
+/// Keys and values one decoder layer has seen for one sequence, token-major ([capacity, Hkv, Dh]) so that a new token is
+/// one contiguous row and a batch of sequences can live in one arena that a varlen attention kernel reads directly.
+/// Layers own separate caches because context pruning gives deeper layers fewer tokens than shallow ones.
+/// The buffers are either owned (allocated at the first append: what that append brings plus the decoding budget) or
+/// views of an arena slot that the arena owns.
 /// </summary>
 internal sealed class LayerKvCache : IDisposable
 {
     private readonly long _decodeCapacity;
+    private readonly bool _owned;
     private Tensor? _keys;
     private Tensor? _values;
 
-    public LayerKvCache(long decodeCapacity) => _decodeCapacity = decodeCapacity;
+    /// <summary>A cache that allocates its own buffers at the first append, sized for it plus <paramref name="decodeCapacity"/>.</summary>
+    public LayerKvCache(long decodeCapacity)
+    {
+        _decodeCapacity = decodeCapacity;
+        _owned = true;
+    }
+
+    /// <summary>A cache over borrowed buffers [capacity, Hkv, Dh] (an arena slot); disposing it leaves them alone.</summary>
+    public LayerKvCache(Tensor keys, Tensor values)
+    {
+        (_keys, _values) = (keys, values);
+        _owned = false;
+    }
 
     /// <summary>Tokens cached so far.</summary>
     public long Length { get; private set; }
 
-    /// <summary>Appends [B, Hkv, T, Dh] keys and values; returns views of everything cached, this step included.</summary>
+    /// <summary>Rows the buffers hold (0 before an owning cache's first append).</summary>
+    public long Capacity => _keys?.shape[0] ?? 0;
+
+    /// <summary>Bytes of one cached token (keys and values), 0 before the buffers exist.</summary>
+    public long BytesPerToken => _keys is null ? 0 : 2 * _keys.shape[1] * _keys.shape[2] * _keys.ElementSize;
+
+    /// <summary>
+    /// Appends [1, T, Hkv, Dh] keys and values (token-major, as the projection produces them); returns head-major views
+    /// [1, Hkv, Length, Dh] of everything cached, this step included, for attention.
+    /// </summary>
     public (Tensor Keys, Tensor Values) Append(Tensor keys, Tensor values)
     {
-        var t = keys.shape[2];
+        var t = keys.shape[1];
+        Reserve(t, keys);
+        // The buffers never require grad, so the copies record no autograd history whatever the caller's grad mode.
+        _keys!.narrow(0, Length, t).copy_(keys[0]);
+        _values!.narrow(0, Length, t).copy_(values[0]);
+        Length += t;
+        return View(Length);
+    }
+
+    /// <summary>Head-major views [1, Hkv, length, Dh] of the first <paramref name="length"/> cached tokens.</summary>
+    public (Tensor Keys, Tensor Values) View(long length) =>
+        (_keys!.narrow(0, 0, length).transpose(0, 1).unsqueeze(0), _values!.narrow(0, 0, length).transpose(0, 1).unsqueeze(0));
+
+    /// <summary>Token-major rows [n, Hkv, Dh] of the first <paramref name="length"/> tokens (for the prefix cache to copy).</summary>
+    public (Tensor Keys, Tensor Values) Rows(long length) => (_keys!.narrow(0, 0, length), _values!.narrow(0, 0, length));
+
+    /// <summary>
+    /// Fills the cache with [n, Hkv, Dh] rows taken from a cached prefix (the cache must be empty); an owning cache sizes
+    /// itself for them plus <paramref name="more"/> tokens.
+    /// </summary>
+    public void Load(Tensor keys, Tensor values, long more)
+    {
+        if (Length != 0)
+        {
+            throw new InvalidOperationException("A prefix can only be loaded into an empty cache.");
+        }
+
+        var n = keys.shape[0];
+        Reserve(n + more, keys.unsqueeze(0), exact: true);
+        _keys!.narrow(0, 0, n).copy_(keys);
+        _values!.narrow(0, 0, n).copy_(values);
+        Length = n;
+    }
+
+    /// <summary>Forgets everything after the first <paramref name="length"/> tokens (buffers are kept).</summary>
+    public void Truncate(long length) => Length = Math.Min(Length, length);
+
+    private void Reserve(long t, Tensor like, bool exact = false)
+    {
         if (_keys is null || _values is null)
         {
-            long[] shape = [keys.shape[0], keys.shape[1], t + _decodeCapacity, keys.shape[3]];
-            _keys = torch.empty(shape, keys.dtype, keys.device).DetachFromDisposeScope();
-            _values = torch.empty(shape, values.dtype, values.device).DetachFromDisposeScope();
+            long[] shape = [exact ? t : t + _decodeCapacity, like.shape[2], like.shape[3]];
+            _keys = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+            _values = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
         }
 
-        if (Length + t > _keys.shape[2])
+        if (Length + t > _keys.shape[0])
         {
-            throw new InvalidOperationException($"KV cache overflow: {Length} cached + {t} new > capacity {_keys.shape[2]}.");
+            throw new InvalidOperationException($"KV cache overflow: {Length} cached + {t} new > capacity {_keys.shape[0]}.");
         }
-
-        // The buffers never require grad, so the copies record no autograd history whatever the caller's grad mode.
-        _keys.narrow(2, Length, t).copy_(keys);
-        _values.narrow(2, Length, t).copy_(values);
-
-        Length += t;
-        return (_keys.narrow(2, 0, Length), _values.narrow(2, 0, Length));
     }
 
     public void Dispose()
     {
-        _keys?.Dispose();
-        _values?.Dispose();
+        if (_owned)
+        {
+            _keys?.Dispose();
+            _values?.Dispose();
+        }
+
         _keys = _values = null;
         Length = 0;
     }
 }
 
-/// <summary>The per-layer caches of one generation request.</summary>
+/// <summary>The per-layer caches of one sequence.</summary>
 internal sealed class DecoderCache : IDisposable
 {
     /// <param name="layers">Decoder layers.</param>
@@ -60,7 +119,13 @@ internal sealed class DecoderCache : IDisposable
     public DecoderCache(int layers, long decodeCapacity) =>
         Layers = Enumerable.Range(0, layers).Select(_ => new LayerKvCache(decodeCapacity)).ToArray();
 
+    /// <summary>Caches over borrowed buffers, one per layer.</summary>
+    public DecoderCache(LayerKvCache[] layers) => Layers = layers;
+
     public LayerKvCache[] Layers { get; }
+
+    /// <summary>Bytes the cached tokens of every layer take.</summary>
+    public long CachedBytes => Layers.Sum(l => l.Length * l.BytesPerToken);
 
     public void Dispose()
     {

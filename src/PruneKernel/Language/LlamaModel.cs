@@ -103,13 +103,11 @@ internal sealed class LlamaAttention : nn.Module
         var qkv = _qkv.forward(x).view(b, t, _heads + (2 * _kvHeads), _headDim);
         var qk = RotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin);
         var q = qk.narrow(2, 0, _heads).transpose(1, 2);
-        var k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);
-        var v = qkv.narrow(2, _heads + _kvHeads, _kvHeads).transpose(1, 2);
+        // The cache stores keys and values token-major, as the projection produces them; attention reads head-major views.
+        var k = qk.narrow(2, _heads, _kvHeads);
+        var v = qkv.narrow(2, _heads + _kvHeads, _kvHeads);
         var past = cache?.Length ?? 0;
-        if (cache is not null)
-        {
-            (k, v) = cache.Append(k, v);
-        }
+        (k, v) = cache is not null ? cache.Append(k, v) : (k.transpose(1, 2), v.transpose(1, 2));
 
         if (_kvHeads != _heads)
         {
@@ -144,6 +142,20 @@ internal sealed class LlamaAttention : nn.Module
             ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1)
             : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
         o = o.transpose(1, 2).reshape(b, t, _heads * _headDim);
+        return o_proj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One decoding step for a batch: x [B, 1, D] at rotary tables [B, 1, 1, Dh]; <paramref name="attention"/> appends each
+    /// sequence's new key and value to its cache for <paramref name="layer"/> and attends over it.
+    /// </summary>
+    public Tensor ForwardDecode(Tensor x, Tensor cos, Tensor sin, IDecodeAttention attention, int layer)
+    {
+        using var scope = NewDisposeScope();
+        var b = x.shape[0];
+        var qkv = _qkv.forward(x).view(b, 1, _heads + (2 * _kvHeads), _headDim);
+        var qk = RotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin);
+        var o = attention.Attend(layer, qk.narrow(2, 0, _heads), qk.narrow(2, _heads, _kvHeads), qkv.narrow(2, _heads + _kvHeads, _kvHeads));
         return o_proj.forward(o).MoveToOuterDisposeScope();
     }
 
@@ -250,6 +262,13 @@ internal sealed class LlamaDecoderLayer : nn.Module
         var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, slidingWindowActive, cache, summary);
         return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
     }
+
+    public Tensor ForwardDecode(Tensor x, Tensor cos, Tensor sin, IDecodeAttention attention, int layer)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + self_attn.ForwardDecode(input_layernorm.forward(x), cos, sin, attention, layer);
+        return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
+    }
 }
 
 /// <summary>The decoder stack (LlamaModel / MistralModel): embed_tokens, layers, norm.</summary>
@@ -307,6 +326,24 @@ internal sealed class LlamaModel : nn.Module
                 cos = cos.index_select(1, keep);
                 sin = sin.index_select(1, keep);
             }
+        }
+
+        return norm.forward(hidden).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One decoding step for a batch of sequences: embeddings [B, 1, D] of each sequence's newest token at its position
+    /// ([B, 1], the prompt's original numbering whatever pruning did), each layer's keys and values going to that
+    /// sequence's cache through <paramref name="attention"/> (ragged lengths are the attention's business). Returns the
+    /// final normed states [B, 1, D]. No host synchronisation: the step can be captured in a CUDA graph.
+    /// </summary>
+    public Tensor ForwardDecode(Tensor hidden, Tensor positionIds, IDecodeAttention attention)
+    {
+        using var scope = NewDisposeScope();
+        var (cos, sin) = _rope.Tables(positionIds, hidden.dtype);
+        for (var i = 0; i < layers.Count; i++)
+        {
+            hidden = layers[i].ForwardDecode(hidden, cos, sin, attention, i);
         }
 
         return norm.forward(hidden).MoveToOuterDisposeScope();

@@ -27,8 +27,26 @@ internal sealed record PromptLayout(bool[] Visual, int HeaderStart, int? LastUse
 }
 
 /// <summary>
+/// A cached prefix an incremental pruned pass continues from: per layer, the original positions of the rows that layer
+/// already caches (those below <see cref="Length"/>). They stay as they are; only the pass's own tokens are candidates.
+/// </summary>
+internal sealed class CachedPrefix(Engine.PrefixEntry entry, int length)
+{
+    public int Length => length;
+
+    /// <summary>The cached rows' positions at <paramref name="layer"/> (past the last layer: the last layer's).</summary>
+    public int[] Positions(int layer)
+    {
+        layer = Math.Min(layer, entry.Keys.Length - 1);
+        return entry.Positions is { } p ? p[layer][..entry.RowsBelow(layer, length)] : Enumerable.Range(0, length).ToArray();
+    }
+}
+
+/// <summary>
 /// The pruning method as a decoder token selector: scores tokens from a layer's attention summary, chooses what to
-/// drop per the options, and records the report. One instance serves one prompt pass.
+/// drop per the options, and records the report. One instance serves one prompt pass. After a cached prefix
+/// (<see cref="CachedPrefix"/>, incremental reuse) the pass holds only the new tokens: the cached rows are keys the
+/// new queries attend to, counted in the report, but never candidates.
 /// </summary>
 internal sealed class ContextPruner : IDecoderTokenSelector
 {
@@ -44,22 +62,27 @@ internal sealed class ContextPruner : IDecoderTokenSelector
     private double _summaryMs;
     private readonly int _initialCandidates;
     private readonly Action<int, double[]>? _candidateScores;
+    private readonly CachedPrefix? _cached;
+    private readonly int[] _initialOriginal;
     private int[] _original;
 
     /// <param name="options">What to do.</param>
     /// <param name="layout">Visual and protected positions of the prompt.</param>
     /// <param name="candidateScores">Receives, per scored layer, the candidates' scores (for threshold calibration).</param>
-    public ContextPruner(ContextPruningOptions options, PromptLayout layout, Action<int, double[]>? candidateScores = null)
+    /// <param name="cached">The cached prefix this pass continues from (incremental reuse), or null for a cold pass.</param>
+    public ContextPruner(ContextPruningOptions options, PromptLayout layout, Action<int, double[]>? candidateScores = null, CachedPrefix? cached = null)
     {
         _candidateScores = candidateScores;
         _options = options;
+        _cached = cached;
         _visual = layout.Visual;
         _bins = PositionBins.Of(layout.Visual);
         _protected = layout.Protected(options.ProtectLastUserTurn);
-        _original = Enumerable.Range(0, _visual.Length).ToArray();
+        _original = Enumerable.Range(cached?.Length ?? 0, _visual.Length - (cached?.Length ?? 0)).ToArray();
+        _initialOriginal = _original;
         _accumulated = new double[_visual.Length];
         _random = new Random(options.Seed);
-        _initialCandidates = _protected.Count(p => !p);
+        _initialCandidates = _original.Count(p => !_protected[p]);
         var textTokens = _visual.Count(v => !v);
         _rate = options.DynamicRate?.RateFor(textTokens) ?? options.Rate;
     }
@@ -78,12 +101,14 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         _summaryMs += summary.ElapsedMs;
         _choosing.Start();
         using var scope = NewDisposeScope();
-        var scores = TokenScores(summary.ColumnSums);
+        var cachedKeys = CachedPositions(layer);
+        // Keys before the pass's own rows are the cached prefix's: attended to, never candidates.
+        var scores = TokenScores(summary.ColumnSums.narrow(1, cachedKeys.Length, _original.Length));
         var candidates = Enumerable.Range(0, _original.Length).Where(j => !_protected[_original[j]]).ToArray();
         _candidateScores?.Invoke(layer, candidates.Select(j => scores[j]).ToArray());
         var drop = ChooseDrops(layer, scores, candidates);
         var keep = Enumerable.Range(0, _original.Length).Where(j => !drop.Contains(j)).ToArray();
-        _layers.Add(Describe(layer, summary.LastRow!, candidates.Length - drop.Count, keep));
+        _layers.Add(Describe(layer, summary.LastRow!, candidates.Length - drop.Count, keep, cachedKeys));
         _original = keep.Select(j => _original[j]).ToArray();
         var selection = drop.Count == 0 ? null
             : torch.tensor(keep.Select(j => (long)j).ToArray(), ScalarType.Int64).to(summary.ColumnSums.device).MoveToOuterDisposeScope();
@@ -153,11 +178,13 @@ internal sealed class ContextPruner : IDecoderTokenSelector
     /// D_vis and entropy of the last query's row, over all keys and over the kept keys (renormalised), and the row's mass
     /// per position bin (mean over heads, as D_vis; keys pruned before this layer are absent and leave their bins at 0).
     /// </summary>
-    private PruningLayerReport Describe(int layer, Tensor lastRow, int candidatesAfter, int[] keep)
+    private PruningLayerReport Describe(int layer, Tensor lastRow, int candidatesAfter, int[] keep, int[] cachedKeys)
     {
-        var visual = torch.tensor(_original.Select(i => _visual[i]).ToArray()).to(lastRow.device);
-        var kept = torch.zeros([_original.Length], ScalarType.Bool, lastRow.device)
-            .index_fill_(0, torch.tensor(keep.Select(j => (long)j).ToArray()).to(lastRow.device), true);
+        var keys = cachedKeys.Concat(_original).ToArray();
+        var visual = torch.tensor(keys.Select(i => _visual[i]).ToArray()).to(lastRow.device);
+        var kept = torch.zeros([keys.Length], ScalarType.Bool, lastRow.device)
+            .index_fill_(0, torch.tensor(cachedKeys.Length == 0 ? keep.Select(j => (long)j).ToArray()
+                : [.. Enumerable.Range(0, cachedKeys.Length).Select(j => (long)j), .. keep.Select(j => (long)(cachedKeys.Length + j))]).to(lastRow.device), true);
         var before = lastRow.to(ScalarType.Float64);
         var after = before * kept;
         after = after / after.sum(-1, keepdim: true);
@@ -174,19 +201,33 @@ internal sealed class ContextPruner : IDecoderTokenSelector
             Layer = layer,
             CandidatesBefore = _original.Count(i => !_protected[i]),
             CandidatesAfter = candidatesAfter,
-            KeptIndices = keep.Select(j => _original[j]).ToArray(),
+            KeptIndices = [.. CachedPositions(layer + 1), .. keep.Select(j => _original[j])],
             VisualShareBefore = meanBefore,
             VisualShareMaxBefore = maxBefore,
             VisualShareAfter = meanAfter,
             VisualShareMaxAfter = maxAfter,
             EntropyBefore = stats[4],
             EntropyAfter = stats[5],
-            PositionBinMass = _bins.Accumulate(stats.AsSpan(6), _original),
+            PositionBinMass = _bins.Accumulate(stats.AsSpan(6), keys),
         };
+    }
+
+    /// <summary>Original positions of the rows the cached prefix gives <paramref name="layer"/> (none in a cold pass).</summary>
+    private int[] CachedPositions(int layer) => _cached?.Positions(layer) ?? [];
+
+    /// <summary>
+    /// Original prompt positions whose keys and values <paramref name="layer"/> caches after the pass: everything until
+    /// the first pruning decision, then what the last decision before the layer kept.
+    /// </summary>
+    public int[] PositionsSeenBy(int layer)
+    {
+        var decided = _layers.LastOrDefault(l => l.Layer < layer);
+        return decided is not null ? [.. decided.KeptIndices] : [.. CachedPositions(layer), .. _initialOriginal];
     }
 
     public PruningReport Report() => new()
     {
+        ReusedTokens = _cached?.Length ?? 0,
         Options = _options,
         Rate = _rate,
         PromptTokens = _visual.Length,

@@ -71,6 +71,15 @@ public sealed record PruningReport
     /// <summary>One entry per scored layer.</summary>
     public required IReadOnlyList<PruningLayerReport> Layers { get; init; }
 
+    /// <summary>
+    /// Prompt tokens whose keys and values came from the prefix cache (incremental reuse: their earlier pruning decisions
+    /// stood and only the tokens after them were scored); 0 for a cold pass.
+    /// </summary>
+    public int ReusedTokens { get; init; }
+
+    /// <summary>"cold" for a full prompt pass, "incremental" when it continued from a cached prefix.</summary>
+    public string Mode => ReusedTokens > 0 ? "incremental" : "cold";
+
     /// <summary>Text tokens removed before the deepest layer.</summary>
     public int PrunedTokens => PromptTokens - TokensAtLastLayer;
 }

@@ -101,7 +101,8 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     [Fact]
     public async Task MultiTurnChatReusesTheEncodedImage()
     {
-        using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
+        // The prefix cache off: the second turn must take the image from the feature cache, not from cached keys.
+        using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"), new LvlmLoadOptions { Engine = new EngineOptions { PrefixCacheBytes = 0 } });
         using var cache = new MemoryImageFeatureCache(64L * 1024 * 1024);
         model.ImageFeatureCache = cache;
         using var client = new LvlmChatClient(model);
@@ -116,6 +117,23 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         // The cached features give the same answer as a fresh encoding.
         using var uncached = new LvlmChatClient(Lvlm.Load(Fixtures.Model("llava-tiny-f32")), ownsModel: true);
         Assert.Equal(second.Text, (await uncached.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 })).Text);
+    }
+
+    [Fact]
+    public async Task WithThePrefixCacheTheSecondTurnNeitherEncodesTheImageNorRecomputesTheHistory()
+    {
+        using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
+        using var cache = new MemoryImageFeatureCache(64L * 1024 * 1024);
+        model.ImageFeatureCache = cache;
+        using var client = new LvlmChatClient(model);
+        var history = new List<ChatMessage>(Question());
+        var first = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
+        history.AddRange(first.Messages);
+        history.Add(new ChatMessage(ChatRole.User, "And the colours?"));
+        var second = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
+        Assert.Equal((1, 0), (cache.Misses, cache.Hits));
+        Assert.True(model.GenerationEngine.PrefixCacheEntries >= 1);
+        Assert.True(second.Usage!.AdditionalCounts![LvlmChatClient.ReusedTokensKey] > first.Usage!.InputTokenCount / 2);
     }
 
     [Fact]

@@ -26,13 +26,13 @@ public sealed class InformationFlowTests
         var prompt = model.CreatePrompt(BenchmarkPrompt.Messages(Item()), [ImageDecoder.Load(Item().Image)]);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var fused = model.Network.ForwardPrompt(prompt.InputIds, PruneKernel.Generation.LlavaGenerator.EncodeImages(model.Network, prompt, null, model.Identity), null, null);
+        var fused = model.Network.ForwardPrompt(prompt.InputIds, PruneKernel.Engine.Prefill.EncodeImages(model.Network, prompt, null, model.Identity), null, null);
         var captured = new List<torch.Tensor>();
         LlamaAttention.CapturedProbabilities = captured;
         torch.Tensor eager;
         try
         {
-            eager = model.Network.ForwardPrompt(prompt.InputIds, PruneKernel.Generation.LlavaGenerator.EncodeImages(model.Network, prompt, null, model.Identity), null, null);
+            eager = model.Network.ForwardPrompt(prompt.InputIds, PruneKernel.Engine.Prefill.EncodeImages(model.Network, prompt, null, model.Identity), null, null);
         }
         finally
         {

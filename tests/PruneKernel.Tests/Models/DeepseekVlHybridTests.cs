@@ -106,7 +106,7 @@ public sealed class DeepseekVlHybridTests
     public void TheFeatureCachePathEncodesBothResolutionsAndKeysOnBoth()
     {
         using var golden = new Golden(Model);
-        using var lvlm = Lvlm.Load(golden.Folder, new LvlmLoadOptions { DType = "f32" });
+        using var lvlm = Lvlm.Load(golden.Folder, new LvlmLoadOptions { DType = "f32", Engine = new EngineOptions { PrefixCacheBytes = 0 } });
         using var cache = new CountingCache();
         lvlm.ImageFeatureCache = cache;
         var prompt = lvlm.CreateRawPrompt(golden.Prompt, [ImageDecoder.Load(golden.ImagePath)]);

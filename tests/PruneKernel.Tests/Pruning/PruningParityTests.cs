@@ -1,5 +1,6 @@
 using System.Text.Json;
 using PruneKernel.Checkpoints;
+using PruneKernel.Engine;
 using PruneKernel.Generation;
 using PruneKernel.Pruning;
 using PruneKernel.Tests.Models;
@@ -57,7 +58,7 @@ public sealed class PruningParityTests
         using (torch.no_grad())
         {
             var net = lvlm.Network;
-            var hidden = net.ForwardPrompt(prompt.InputIds, LlavaGenerator.EncodeImages(net, prompt, null, lvlm.Identity), null, pruner);
+            var hidden = net.ForwardPrompt(prompt.InputIds, Prefill.EncodeImages(net, prompt, null, lvlm.Identity), null, pruner);
             var logits = net.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
             firstLogits = logits.detach().clone().DetachFromDisposeScope();
         }

@@ -1,0 +1,71 @@
+using PruneKernel.Language;
+using PruneKernel.Models.Llava;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Engine;
+
+/// <summary>
+/// One token for every decoding sequence at once, and the KV storage that step reads: each implementation decides where
+/// a sequence's per-layer caches live (so the step can reach them) and how the batch attends over them.
+/// </summary>
+internal interface IDecodeStep : IDisposable
+{
+    /// <summary>Most tokens (prompt plus output) one sequence can hold, or null when only the context length bounds it.</summary>
+    long? MaxTokensPerSequence { get; }
+
+    /// <summary>Why captured graphs are not in use, or null when they are (for logs and bench records).</summary>
+    string? GraphsOffReason { get; }
+
+    /// <summary>
+    /// Creates the caches of an admitted sequence. Owned caches size themselves at their first append (or prefix load):
+    /// what it brings plus <paramref name="tokensAfterFirstAppend"/> (the rest of the prompt and the output budget); arena
+    /// slots have a fixed size.
+    /// </summary>
+    DecoderCache CreateCache(long tokensAfterFirstAppend);
+
+    /// <summary>Returns a finished sequence's caches.</summary>
+    void ReleaseCache(DecoderCache cache);
+
+    /// <summary>
+    /// Feeds each sequence's newest token at its position, appends its keys and values to its caches, and returns the
+    /// next-token logits as float32 on the host, one row per sequence ([B, V]).
+    /// </summary>
+    Tensor Step(IReadOnlyList<Sequence> batch);
+}
+
+/// <summary>
+/// Eager decoding: each sequence owns caches sized to its prompt plus budget, the projections run batched and attention
+/// runs per sequence (<see cref="PerSequenceAttention"/>). The path on the CPU and wherever graphs cannot apply.
+/// </summary>
+internal sealed class EagerDecodeStep(LlavaForConditionalGeneration model, string? graphsOffReason) : IDecodeStep
+{
+    public long? MaxTokensPerSequence => null;
+
+    public string? GraphsOffReason => graphsOffReason;
+
+    public DecoderCache CreateCache(long tokensAfterFirstAppend) => new(model.Config.Text.NumHiddenLayers, tokensAfterFirstAppend);
+
+    public void ReleaseCache(DecoderCache cache) => cache.Dispose();
+
+    public Tensor Step(IReadOnlyList<Sequence> batch)
+    {
+        using var scope = NewDisposeScope();
+        var ids = torch.tensor(batch.Select(s => (long)s.Next).ToArray(), [batch.Count, 1], ScalarType.Int64);
+        var positions = batch.Select(s => s.NextPosition).ToArray();
+        var attention = new PerSequenceAttention(model.Config.Text, batch.Select(s => s.Cache!).ToArray(), positions);
+        var hidden = model.language_model.ForwardDecode(model.EmbedTokens(ids), torch.tensor(positions, [batch.Count, 1], ScalarType.Int64).to(model.Device), attention);
+        return model.Logits(hidden)[.., 0].to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+    }
+}
+
+/// <summary>Chooses how a model decodes: captured graphs over a KV arena on CUDA where possible, eager steps otherwise.</summary>
+internal static class DecodeSteps
+{
+    public static IDecodeStep Create(LlavaForConditionalGeneration model, EngineOptions options) =>
+        new EagerDecodeStep(model, model.Device.type == DeviceType.CUDA ? "not built yet" : "CPU (CUDA graphs need a GPU)");
+}
