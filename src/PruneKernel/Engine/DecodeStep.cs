@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using PruneKernel.Language;
+using PruneKernel.Runtime;
 using PruneKernel.Models.Llava;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -66,6 +68,30 @@ internal sealed class EagerDecodeStep(LlavaForConditionalGeneration model, strin
 /// <summary>Chooses how a model decodes: captured graphs over a KV arena on CUDA where possible, eager steps otherwise.</summary>
 internal static class DecodeSteps
 {
-    public static IDecodeStep Create(LlavaForConditionalGeneration model, EngineOptions options) =>
-        new EagerDecodeStep(model, model.Device.type == DeviceType.CUDA ? "not built yet" : "CPU (CUDA graphs need a GPU)");
+    /// <summary>Set to 0 to keep CUDA graphs off (the varlen arena path still runs, eagerly).</summary>
+    public const string GraphsEnvironmentVariable = "PRUNEKERNEL_CUDA_GRAPHS";
+
+    /// <summary>Creates the decoder on the engine thread (which, for graphs, moves its work to a side stream).</summary>
+    public static IDecodeStep Create(LlavaForConditionalGeneration model, EngineOptions options)
+    {
+        if (model.Device.type != DeviceType.CUDA)
+        {
+            return new EagerDecodeStep(model, "CPU (CUDA graphs need a GPU)");
+        }
+
+        if (GraphDecodeStep.Unsupported(model) is { } reason)
+        {
+            Trace.TraceInformation($"PruneKernel: eager decoding: {reason}.");
+            return new EagerDecodeStep(model, reason);
+        }
+
+        var graphsOff = !options.CudaGraphs ? "EngineOptions.CudaGraphs is off"
+            : Environment.GetEnvironmentVariable(GraphsEnvironmentVariable) == "0" ? $"{GraphsEnvironmentVariable}=0" : null;
+        if (graphsOff is null)
+        {
+            LibTorchCuda.UseSideStream(model.Device.index < 0 ? 0 : model.Device.index);
+        }
+
+        return new GraphDecodeStep(model, options, graphsOff);
+    }
 }

@@ -24,7 +24,7 @@ internal sealed class LayerKvCache : IDisposable
         _owned = true;
     }
 
-    /// <summary>A cache over borrowed buffers [capacity, Hkv, Dh] (an arena slot); disposing it leaves them alone.</summary>
+    /// <summary>A cache over views [capacity, Hkv, Dh] of an arena slot; the cache owns the views, the arena the memory.</summary>
     public LayerKvCache(Tensor keys, Tensor values)
     {
         (_keys, _values) = (keys, values);
@@ -83,6 +83,30 @@ internal sealed class LayerKvCache : IDisposable
     /// <summary>Forgets everything after the first <paramref name="length"/> tokens (buffers are kept).</summary>
     public void Truncate(long length) => Length = Math.Min(Length, length);
 
+    /// <summary>Counts <paramref name="tokens"/> rows that a captured step wrote into the buffers directly.</summary>
+    public void Advance(long tokens)
+    {
+        if (Length + tokens > Capacity)
+        {
+            throw new InvalidOperationException($"KV cache overflow: {Length} cached + {tokens} new > capacity {Capacity}.");
+        }
+
+        Length += tokens;
+    }
+
+    /// <summary>Points a borrowed cache at new buffers holding the same rows (the arena it lives in grew and moved).</summary>
+    public void Rebind(Tensor keys, Tensor values)
+    {
+        if (_owned)
+        {
+            throw new InvalidOperationException("Only a cache over borrowed buffers can be rebound.");
+        }
+
+        _keys?.Dispose();
+        _values?.Dispose();
+        (_keys, _values) = (keys, values);
+    }
+
     private void Reserve(long t, Tensor like, bool exact = false)
     {
         if (_keys is null || _values is null)
@@ -98,14 +122,11 @@ internal sealed class LayerKvCache : IDisposable
         }
     }
 
+    /// <summary>Frees owned buffers; for borrowed ones only this cache's views (the arena keeps the memory).</summary>
     public void Dispose()
     {
-        if (_owned)
-        {
-            _keys?.Dispose();
-            _values?.Dispose();
-        }
-
+        _keys?.Dispose();
+        _values?.Dispose();
         _keys = _values = null;
         Length = 0;
     }
