@@ -38,6 +38,7 @@ public sealed class Lvlm : IDisposable
     private readonly LlavaForConditionalGeneration _model;
     private readonly GenerationEngine _engine;
     private volatile bool _disposed;
+    private bool _ownsNetwork = true;
 
     private Lvlm(string folder, LlavaConfig config, LlavaForConditionalGeneration model, LlamaTextTokenizer tokenizer,
         IChatTemplate template, ClipImageProcessor imageProcessor, GenerationDefaults defaults, EngineOptions engine)
@@ -147,6 +148,19 @@ public sealed class Lvlm : IDisposable
         }
 
         return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults, options.Engine) { DynamicRate = dynamicRate };
+    }
+
+    /// <summary>
+    /// A model over a network built in memory (benchmarks on random weights of a named shape): no checkpoint folder, the
+    /// LLaVA-1.5 template, default CLIP preprocessing. With <paramref name="ownsNetwork"/> false several instances (each
+    /// with its own engine) can share one network.
+    /// </summary>
+    internal static Lvlm FromNetwork(LlavaForConditionalGeneration network, LlamaTextTokenizer tokenizer, GenerationDefaults defaults, EngineOptions engine,
+        bool ownsNetwork = true)
+    {
+        engine.Validate();
+        return new Lvlm("(in memory)", network.Config, network, tokenizer, Llava15ChatTemplate.Instance, new ClipImageProcessor(new ImageProcessorConfig()),
+            defaults, engine) { _ownsNetwork = ownsNetwork };
     }
 
     /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>
@@ -379,6 +393,9 @@ public sealed class Lvlm : IDisposable
 
         _disposed = true;
         _engine.Dispose();
-        _model.Dispose();
+        if (_ownsNetwork)
+        {
+            _model.Dispose();
+        }
     }
 }

@@ -3,47 +3,50 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using PruneKernel.Generation;
 using PruneKernel.Language;
+using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
 using PruneKernel.Runtime;
+using PruneKernel.Text;
+using PruneKernel.Vision;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace PruneKernel.Cli.Commands;
 
 /// <summary>
-/// <c>prunekernel bench</c>: prompt-pass (prefill) latency of a decoder of a named shape with deterministic random
-/// weights, with context pruning off and on. No checkpoint is needed; visual tokens are random embeddings in the
-/// positions LLaVA gives them (after BOS), followed by text and the assistant header.
+/// <c>prunekernel bench</c>: a model of a named shape with deterministic random weights (no checkpoint needed; a one-layer
+/// vision tower of the right grid stands in for CLIP, since prompt-pass and decoding costs are the decoder's). It times
+/// the prompt pass with pruning off and on, decoding through the generation engine (captured graphs on CUDA) against the
+/// memory floor measured in the same process, multi-turn chats with and without the prefix cache, and concurrent
+/// streams. Every record is JSON; a table goes to the console.
 /// </summary>
 internal static class BenchCommand
 {
-    private static readonly Dictionary<string, Func<TextConfig>> Shapes = new(StringComparer.OrdinalIgnoreCase)
+    private static readonly Dictionary<string, Func<JsonObject>> Shapes = new(StringComparer.OrdinalIgnoreCase)
     {
         ["llava-1.5-7b"] = () => Shape(4096, 11008, 32, 32, 32),
         ["llava-1.5-13b"] = () => Shape(5120, 13824, 40, 40, 40),
         ["tiny"] = () => Shape(64, 128, 4, 4, 2),
     };
 
-    private static TextConfig Shape(int hidden, int intermediate, int layers, int heads, int kvHeads) => new()
+    private static JsonObject Shape(int hidden, int intermediate, int layers, int heads, int kvHeads) => new()
     {
-        ModelType = "llama",
-        VocabSize = 32064,
-        HiddenSize = hidden,
-        IntermediateSize = intermediate,
-        NumHiddenLayers = layers,
-        NumAttentionHeads = heads,
-        NumKeyValueHeads = kvHeads,
-        HeadDim = hidden / heads,
-        MaxPositionEmbeddings = 8192,
-        RmsNormEps = 1e-5,
-        RopeTheta = 10000,
-        RopeLinearFactor = 1,
-        AttentionBias = false,
-        MlpBias = false,
-        HiddenAct = "silu",
-        TieWordEmbeddings = false,
+        ["model_type"] = "llama",
+        ["vocab_size"] = 32064,
+        ["hidden_size"] = hidden,
+        ["intermediate_size"] = intermediate,
+        ["num_hidden_layers"] = layers,
+        ["num_attention_heads"] = heads,
+        ["num_key_value_heads"] = kvHeads,
+        ["max_position_embeddings"] = 8192,
+        ["rms_norm_eps"] = 1e-5,
+        ["tie_word_embeddings"] = false,
     };
+
+    private sealed record Settings(string Shape, Device Device, string DTypeName, ScalarType DType, int VisualTokens, double Rate, int PruneLayers,
+        int Decode, int Batch, int Warmup, int Iterations, bool Graphs);
 
     public static Command Create()
     {
@@ -51,61 +54,103 @@ internal static class BenchCommand
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
         var dtype = new Option<string>("--dtype") { DefaultValueFactory = _ => "bf16" };
         var text = new Option<int[]>("--text-tokens") { DefaultValueFactory = _ => [512, 1024, 1536, 2048, 2560], AllowMultipleArgumentsPerToken = true };
-        var visual = new Option<int>("--visual-tokens") { DefaultValueFactory = _ => 576 };
+        var visual = new Option<int>("--visual-tokens") { Description = "Image tokens (a square grid: 576 = 24x24).", DefaultValueFactory = _ => 576 };
         var iterations = new Option<int>("--iterations") { DefaultValueFactory = _ => 10 };
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 3 };
         var rate = new Option<double>("--prune-rate") { DefaultValueFactory = _ => 0.3 };
-        var layers = new Option<int>("--prune-layers") { DefaultValueFactory = _ => 10 };
+        var layers = new Option<int>("--prune-layers") { Description = "Pruning layers (clamped to the model's depth).", DefaultValueFactory = _ => 10 };
         var modes = new Option<string[]>("--pruning") { Description = "off, progressive, once (repeatable).", DefaultValueFactory = _ => ["off", "progressive", "once"], AllowMultipleArgumentsPerToken = true };
         var output = new Option<FileInfo?>("--output") { Description = "Write the records as JSON here." };
-        var decode = new Option<int>("--decode-tokens") { Description = "Tokens decoded after the prompt to time decoding (0 skips).", DefaultValueFactory = _ => 128 };
-        var batch = new Option<int>("--batch") { Description = "Sequences per forward pass (pruning needs 1).", DefaultValueFactory = _ => 1 };
-        var command = new Command("bench", "Measure prefill latency with and without context pruning on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch })
+        var decode = new Option<int>("--decode-tokens") { Description = "Tokens decoded after the prompt (0 skips decoding).", DefaultValueFactory = _ => 128 };
+        var batch = new Option<int>("--batch") { Description = "Copies of the prompt decoded together by the engine.", DefaultValueFactory = _ => 1 };
+        var chatTurns = new Option<int>("--chat-turns") { Description = "Also run an N-turn chat (one image, ~150 new tokens a turn): TTFT with and without the prefix cache.", DefaultValueFactory = _ => 0 };
+        var concurrency = new Option<int[]>("--concurrency") { Description = "Also run N concurrent streams of --decode-tokens each (repeatable), prompts cycling through --text-tokens.", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [] };
+        var noGraphs = new Option<bool>("--no-graphs") { Description = "Decode eagerly (no CUDA graphs)." };
+        var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
+        var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, tokenizer })
         {
             command.Add(option);
         }
 
         command.SetAction((r, ct) => CliErrors.Run(r, async console =>
         {
-            var config = Shapes.TryGetValue(r.GetValue(shape)!, out var make)
+            var shapeName = r.GetValue(shape)!;
+            var textConfig = Shapes.TryGetValue(shapeName, out var make)
                 ? make()
-                : throw new PruneKernelException($"Unknown shape '{r.GetValue(shape)}' (known: {string.Join(", ", Shapes.Keys)}).");
+                : throw new PruneKernelException($"Unknown shape '{shapeName}' (known: {string.Join(", ", Shapes.Keys)}).");
             var dev = TorchRuntime.ResolveDevice(r.GetValue(device)!);
-            var type = TorchRuntime.ResolveDType(r.GetValue(dtype)!);
+            var settings = new Settings(shapeName, dev, r.GetValue(dtype)!, TorchRuntime.ResolveDType(r.GetValue(dtype)!), r.GetValue(visual), r.GetValue(rate),
+                r.GetValue(layers), r.GetValue(decode), r.GetValue(batch), r.GetValue(warmup), r.GetValue(iterations), !r.GetValue(noGraphs));
+            var textTokens = r.GetValue(text)!;
+            var maxTokens = 1 + settings.VisualTokens + textTokens.Max() + 8 + Math.Max(settings.Decode, 1)
+                + (r.GetValue(chatTurns) * (150 + Math.Max(settings.Decode, 1) + 8));
             var records = new JsonArray();
             using var noGrad = torch.no_grad();
             var contextMiB = CudaContextMiB(dev);
-            using var model = RandomDecoder(config, type, dev, out var head);
-            foreach (var textTokens in r.GetValue(text)!)
+            var tokenizerFolder = r.GetValue(tokenizer)?.FullName ?? FindDemoModel();
+            using var network = RandomModel(textConfig, settings, maxTokens);
+            var tok = LlamaTextTokenizer.Load(tokenizerFolder);
+            // No token ends generation: random weights would otherwise stop at an EOS by chance.
+            var defaults = new GenerationDefaults { EosTokenIds = [-1] };
+            var bandwidth = DeviceBandwidth(dev);
+            var engineOptions = new EngineOptions
+            {
+                MaxBatchSize = Math.Max(settings.Batch, Math.Max(1, r.GetValue(concurrency)!.DefaultIfEmpty(1).Max())),
+                MaxSequenceTokens = maxTokens,
+                PrefixCacheBytes = 0,
+                CudaGraphs = settings.Graphs,
+                PrefillChunkTokens = 0,
+            };
+            using var lvlm = Lvlm.FromNetwork(network, tok, defaults, engineOptions, ownsNetwork: false);
+
+            void Emit(JsonObject record, string kind)
+            {
+                record["kind"] = kind;
+                record["impl"] = "prunekernel";
+                record["model"] = shapeName;
+                record["device"] = dev.type == DeviceType.CUDA ? "cuda" : "cpu";
+                record["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+                record["dtype"] = settings.DTypeName;
+                record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
+                record["cuda_graphs"] = dev.type == DeviceType.CUDA ? lvlm.GenerationEngine.GraphsOffReason ?? "on" : null;
+                record["bandwidth_gb_s"] = bandwidth is double b ? Math.Round(b / 1e9, 1) : null;
+                records.Add(record);
+                console.WriteLine(record.ToJsonString());
+            }
+
+            foreach (var length in textTokens)
             {
                 foreach (var mode in r.GetValue(modes)!)
                 {
                     ct.ThrowIfCancellationRequested();
-                    var pruning = mode switch
-                    {
-                        "off" => null,
-                        "progressive" => new ContextPruningOptions { Rate = r.GetValue(rate), Layers = r.GetValue(layers) },
-                        "once" => new ContextPruningOptions { Rate = r.GetValue(rate), Layers = r.GetValue(layers), Schedule = PruningSchedule.Once },
-                        _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
-                    };
-                    pruning?.Validate(config.NumHiddenLayers);
-                    if (pruning is not null && r.GetValue(batch) != 1)
-                    {
-                        throw new PruneKernelException("Context pruning runs with batch 1; use --pruning off for batched throughput.");
-                    }
-
-                    var record = Measure(model, head, config, dev, type, new Workload(r.GetValue(batch), r.GetValue(visual), textTokens, r.GetValue(decode)),
-                        pruning, r.GetValue(warmup), r.GetValue(iterations), contextMiB);
-                    record["impl"] = "prunekernel";
-                    record["model"] = r.GetValue(shape);
-                    record["device"] = dev.type == DeviceType.CUDA ? "cuda" : "cpu";
-                    record["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
-                    record["dtype"] = r.GetValue(dtype);
-                    record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
+                    var pruning = Pruning(mode, settings, network.Config.Text.NumHiddenLayers);
+                    var record = Measure(lvlm, network, settings, length, pruning, contextMiB, bandwidth);
                     record["pruning"] = pruning is null ? "off" : $"{mode}-{pruning.Rate.ToString(CultureInfo.InvariantCulture)}x{pruning.Layers}";
-                    records.Add(record);
-                    await console.WriteLineAsync(record.ToJsonString());
+                    Emit(record, "prefill_decode");
+                }
+            }
+
+            if (r.GetValue(chatTurns) is > 0 and var turns)
+            {
+                foreach (var mode in r.GetValue(modes)!.Where(m => m != "once"))
+                {
+                    var pruning = Pruning(mode, settings, network.Config.Text.NumHiddenLayers);
+                    foreach (var record in ChatTurns(network, tok, defaults, engineOptions, settings, turns, pruning, ct))
+                    {
+                        record["pruning"] = mode;
+                        Emit(record, "chat_turn");
+                    }
+                }
+            }
+
+            foreach (var n in r.GetValue(concurrency)!)
+            {
+                foreach (var mode in r.GetValue(modes)!.Where(m => m != "once"))
+                {
+                    var record = await Concurrency(lvlm, settings, n, textTokens, Pruning(mode, settings, network.Config.Text.NumHiddenLayers), ct);
+                    record["pruning"] = mode;
+                    Emit(record, "concurrency");
                 }
             }
 
@@ -119,44 +164,124 @@ internal static class BenchCommand
         return command;
     }
 
-    private static LlamaModel RandomDecoder(TextConfig config, ScalarType dtype, Device device, out Linear head)
+    /// <summary>The paper's settings for a mode, clamped to the model's depth (the report names the layers used).</summary>
+    private static ContextPruningOptions? Pruning(string mode, Settings settings, int depth)
     {
-        var model = new LlamaModel(config, dtype, device);
-        head = new Linear(config.HiddenSize, config.VocabSize, false, dtype, device);
-        RandomWeights.Initialize(1234, 0.02, model, head);
+        var layers = Math.Min(settings.PruneLayers, depth);
+        return mode switch
+        {
+            "off" => null,
+            "progressive" => new ContextPruningOptions { Rate = settings.Rate, Layers = layers },
+            "once" => new ContextPruningOptions { Rate = settings.Rate, Layers = layers, Schedule = PruningSchedule.Once },
+            _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
+        };
+    }
+
+    private static string FindDemoModel()
+    {
+        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
+        {
+            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
+            {
+                var candidate = Path.Combine(dir.FullName, "models", "demo-llava-tiny");
+                if (File.Exists(Path.Combine(candidate, "tokenizer.model")))
+                {
+                    return candidate;
+                }
+            }
+        }
+
+        throw new PruneKernelException("bench needs a Llama tokenizer for its prompts: pass --tokenizer DIR (a folder with tokenizer.model).");
+    }
+
+    /// <summary>The named decoder with random weights and a one-layer vision tower whose grid yields the visual tokens.</summary>
+    private static LlavaForConditionalGeneration RandomModel(JsonObject text, Settings settings, int maxTokens)
+    {
+        var side = (int)Math.Round(Math.Sqrt(settings.VisualTokens));
+        if (side * side != settings.VisualTokens)
+        {
+            throw new PruneKernelException($"--visual-tokens must be a square number (a patch grid), not {settings.VisualTokens}.");
+        }
+
+        text["max_position_embeddings"] = Math.Max(8192, maxTokens);
+        var root = new JsonObject
+        {
+            ["model_type"] = "llava",
+            ["image_token_index"] = 32000,
+            ["vision_feature_layer"] = -1,
+            ["vision_feature_select_strategy"] = "default",
+            ["projector_hidden_act"] = "gelu",
+            ["text_config"] = text,
+            ["vision_config"] = new JsonObject
+            {
+                ["model_type"] = "clip_vision_model",
+                ["hidden_size"] = 64,
+                ["intermediate_size"] = 128,
+                ["num_hidden_layers"] = 1,
+                ["num_attention_heads"] = 2,
+                ["image_size"] = side * 2,
+                ["patch_size"] = 2,
+                ["projection_dim"] = 64,
+            },
+        };
+        // Parsed from text, as a config.json would be (the reader expects JSON numbers, not boxed CLR values).
+        var config = LlavaConfig.Parse(JsonNode.Parse(root.ToJsonString())!.AsObject(), $"bench shape {settings.Shape}");
+        var model = new LlavaForConditionalGeneration(config, settings.DType, settings.Device);
+        RandomWeights.Initialize(1234, 0.02, model);
+        model.eval();
+        if (settings.Device.type == DeviceType.CUDA)
+        {
+            torch.cuda.synchronize();
+        }
+
         return model;
     }
 
-    private sealed record Workload(int Batch, int VisualTokens, int TextTokens, int DecodeTokens)
+    /// <summary>
+    /// A prompt of BOS, the image's tokens, <paramref name="textTokens"/> text tokens (random ids, seeded) and the
+    /// assistant header, with its image.
+    /// </summary>
+    private static LvlmPrompt Prompt(LlavaForConditionalGeneration network, LlamaTextTokenizer tokenizer, int visualTokens, int textTokens, int seed,
+        IReadOnlyList<int>? history = null)
     {
-        public int PromptTokens => 1 + VisualTokens + TextTokens;
+        var header = tokenizer.Encode(" ASSISTANT:", addSpecialTokens: false);
+        var random = new Random(seed);
+        var body = Enumerable.Range(0, Math.Max(0, textTokens - header.Count)).Select(_ => random.Next(100, 29000)).ToArray();
+        List<int> ids = history is null ? [tokenizer.BosTokenId, .. Enumerable.Repeat(network.Config.ImageTokenId, visualTokens)] : [.. history];
+        ids.AddRange(body);
+        ids.AddRange(header);
+        var visual = ids.Select(id => id == network.Config.ImageTokenId).ToArray();
+        var size = network.Config.Vision.ImageSize;
+        var pixels = new PixelValues(new float[3 * size * size], 3, size, size);
+        return new LvlmPrompt($"(bench prompt, {ids.Count} tokens)", ids, [pixels], 0, new PromptLayout(visual, ids.Count - header.Count, null), [(1, visualTokens)]);
     }
 
-    private static JsonObject Measure(LlamaModel model, Linear head, TextConfig config, Device device, ScalarType dtype,
-        Workload work, ContextPruningOptions? pruning, int warmup, int iterations, long? contextMiB)
+    /// <summary>Prompt pass (median over iterations, the decoder alone as transformers times it) and engine decoding.</summary>
+    private static JsonObject Measure(Lvlm lvlm, LlavaForConditionalGeneration network, Settings settings, int textTokens, ContextPruningOptions? pruning,
+        long? contextMiB, double? bandwidth)
     {
-        var total = work.PromptTokens;
-        var visual = Enumerable.Range(0, total).Select(i => i >= 1 && i <= work.VisualTokens).ToArray();
-        var layout = new PromptLayout(visual, HeaderStart: total - 5, LastUserTurnStart: null);
-        using var embeds = (torch.randn([work.Batch, total, config.HiddenSize], generator: new Generator(7)) * 0.02).to(dtype, device);
-        using var positions = torch.arange(total, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(work.Batch, -1);
+        var config = network.Config.Text;
+        var prompt = Prompt(network, lvlm.Tokenizer, settings.VisualTokens, textTokens, seed: textTokens);
+        var total = prompt.InputIds.Count;
+        using var embeds = (torch.randn([1, total, config.HiddenSize], generator: new Generator(7)) * 0.02).to(settings.DType, settings.Device);
+        using var positions = torch.arange(total, dtype: ScalarType.Int64, device: settings.Device).unsqueeze(0);
         var prefills = new List<double>();
         var firstTokens = new List<double>();
         var scoring = new List<double>();
         PruningReport? report = null;
-        for (var i = 0; i < warmup + iterations; i++)
+        for (var i = 0; i < settings.Warmup + settings.Iterations; i++)
         {
             using var scope = NewDisposeScope();
             using var cache = new DecoderCache(config.NumHiddenLayers, 1);
-            var pruner = pruning is null ? null : new ContextPruner(pruning, layout);
-            Synchronize(device);
+            var pruner = pruning is null ? null : new ContextPruner(pruning, prompt.Layout);
+            Synchronize(settings.Device);
             var watch = Stopwatch.StartNew();
-            var hidden = model.forward(embeds, positions, cache, selector: pruner);
-            var logits = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1));
-            Synchronize(device);
+            var hidden = network.language_model.forward(embeds, positions, cache, selector: pruner);
+            var logits = network.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1));
+            Synchronize(settings.Device);
             var prefill = watch.Elapsed.TotalMilliseconds;
             _ = logits.argmax(-1)[0, 0].item<long>();
-            if (i >= warmup)
+            if (i >= settings.Warmup)
             {
                 prefills.Add(prefill);
                 firstTokens.Add(watch.Elapsed.TotalMilliseconds);
@@ -165,85 +290,208 @@ internal static class BenchCommand
             }
         }
 
-        var trace = work.DecodeTokens > 0 ? Decode(model, head, config, device, embeds, positions, layout, pruning, work) : null;
-        var decodeMs = trace?.MsPerToken;
         var prefillMs = Median(prefills);
-        var processMiB = device.type == DeviceType.CUDA ? ProcessGpuMemoryMiB() : null;
         var result = new JsonObject
         {
-            ["batch"] = work.Batch,
-            ["text_tokens"] = work.TextTokens,
-            ["visual_tokens"] = work.VisualTokens,
+            ["batch"] = settings.Batch,
+            ["text_tokens"] = textTokens,
+            ["visual_tokens"] = settings.VisualTokens,
+            ["prompt_tokens"] = total,
             ["prefill_ms"] = Math.Round(prefillMs, 3),
             ["prefill_ms_min"] = Math.Round(prefills.Min(), 3),
             ["ttft_ms"] = Math.Round(Median(firstTokens), 3),
-            ["decode_ms_per_token"] = decodeMs is null ? null : Math.Round(decodeMs.Value, 3),
-            ["decode_tokens"] = work.DecodeTokens,
-            ["decode_tokens_per_s"] = decodeMs is null ? null : Math.Round(work.Batch * 1000 / decodeMs.Value, 1),
-            ["decode_step_ms_median"] = Round(trace?.StepMedianMs),
-            ["decode_step_ms_p90"] = Round(trace?.StepP90Ms),
-            ["decode_step_ms_max"] = Round(trace?.StepMaxMs),
-            ["decode_host_enqueue_ms_median"] = Round(trace?.HostEnqueueMedianMs),
-            ["decode_gc_collections"] = trace?.GcCollections,
-            ["decode_gc_pause_ms"] = Round(trace?.GcPauseMs),
-            ["process_gpu_mem_mb"] = processMiB,
-            ["peak_mem_mb"] = processMiB - contextMiB,
-            ["iterations"] = iterations,
+            ["iterations"] = settings.Iterations,
             ["scoring_ms"] = Math.Round(Median(scoring), 3),
             ["scoring_share"] = Math.Round(Median(scoring) / prefillMs, 4),
         };
         if (report is not null)
         {
+            result["pruning_layers_used"] = new JsonArray([.. report.Layers.Select(l => JsonValue.Create(l.Layer))]);
+            result["pruning_skipped"] = report.Skipped;
             result["tokens_at_last_layer"] = report.TokensAtLastLayer;
-            result["visual_share_before_mean"] = report.Layers.Average(l => l.VisualShareBefore);
-            result["visual_share_after_mean"] = report.Layers.Average(l => l.VisualShareAfter);
-            result["entropy_before_mean"] = report.Layers.Average(l => l.EntropyBefore);
-            result["entropy_after_mean"] = report.Layers.Average(l => l.EntropyAfter);
+            result["visual_share_before_mean"] = report.Layers.Count == 0 ? null : report.Layers.Average(l => l.VisualShareBefore);
+            result["visual_share_after_mean"] = report.Layers.Count == 0 ? null : report.Layers.Average(l => l.VisualShareAfter);
         }
 
+        if (settings.Decode > 0)
+        {
+            Decode(lvlm, network, prompt, pruning, settings, result, bandwidth);
+        }
+
+        var processMiB = settings.Device.type == DeviceType.CUDA ? ProcessGpuMemoryMiB() : null;
+        result["process_gpu_mem_mb"] = processMiB;
+        result["peak_mem_mb"] = processMiB - contextMiB;
         return result;
     }
 
-    /// <summary>What one decoding run measured: wall time per step, the host's share of it, and the GC's.</summary>
-    private sealed record DecodeTrace(double MsPerToken, double StepMedianMs, double StepP90Ms, double StepMaxMs, double HostEnqueueMedianMs,
-        int GcCollections, double GcPauseMs);
-
     /// <summary>
-    /// Greedy decoding after a (possibly pruned) prompt pass: wall time per step, each step ending in a host sync as real
-    /// decoding does. The host's enqueue time (until the sync starts) is recorded apart: when it is close to the step
-    /// time, decoding is bound by per-operation host overhead rather than by the GPU.
+    /// Greedy decoding of <see cref="Settings.Batch"/> copies of the prompt through the engine, after a warm-up run that
+    /// captures the graphs: median step time with the whole batch decoding, the host's part of it, and the floor (bytes a
+    /// step must read — weights and the keys and values it attends to — over the bandwidth measured in this process).
     /// </summary>
-    private static DecodeTrace Decode(LlamaModel model, Linear head, TextConfig config, Device device, Tensor embeds, Tensor positions,
-        PromptLayout layout, ContextPruningOptions? pruning, Workload work)
+    private static void Decode(Lvlm lvlm, LlavaForConditionalGeneration network, LvlmPrompt prompt, ContextPruningOptions? pruning, Settings settings,
+        JsonObject result, double? bandwidth)
     {
-        using var scope = NewDisposeScope();
-        using var cache = new DecoderCache(config.NumHiddenLayers, work.DecodeTokens);
-        var pruner = pruning is null ? null : new ContextPruner(pruning, layout);
-        var hidden = model.forward(embeds, positions, cache, selector: pruner);
-        var next = head.forward(hidden.narrow(1, hidden.shape[1] - 1, 1)).argmax(-1);
-        Synchronize(device);
-        var steps = new List<double>();
-        var enqueue = new List<double>();
-        var gcBefore = GC.CollectionCount(0);
-        var pauseBefore = GC.GetTotalPauseDuration();
-        var total = Stopwatch.StartNew();
-        var step = Stopwatch.StartNew();
-        for (var i = 0; i < work.DecodeTokens; i++)
+        var options = new GenerationOptions { MaxNewTokens = settings.Decode, Temperature = 0, Pruning = pruning };
+        RunBatch(lvlm, prompt, options with { MaxNewTokens = Math.Min(settings.Decode, 8) }, settings.Batch);
+        var before = lvlm.GenerationEngine.RecentSteps.Count;
+        var results = RunBatch(lvlm, prompt, options, settings.Batch);
+        var steps = lvlm.GenerationEngine.RecentSteps.Skip(before).Where(s => s.Batch == settings.Batch).ToList();
+        var wall = Median(steps.Select(s => s.WallMs).ToList());
+        var sorted = steps.Select(s => s.WallMs).Order().ToList();
+        result["decode_tokens"] = settings.Decode;
+        result["decode_ms_per_token"] = Math.Round(wall, 3);
+        result["decode_tokens_per_s"] = Math.Round(settings.Batch * 1000 / wall, 1);
+        result["decode_step_ms_p90"] = Math.Round(sorted[(int)(0.9 * (sorted.Count - 1))], 3);
+        result["host_ms_per_token"] = Math.Round(Median(steps.Select(s => s.HostMs).ToList()), 3);
+        var kvTokens = KvTokensPerLayer(network.Config.Text.NumHiddenLayers, prompt.InputIds.Count, results[0].Pruning, settings.Decode);
+        var bytes = StepBytes(network, kvTokens, settings.Batch);
+        result["bytes_per_step_mb"] = Math.Round(bytes / 1e6, 1);
+        result["floor_ms_per_token"] = bandwidth is double bw ? Math.Round(bytes / bw * 1000, 3) : null;
+        result["decode_vs_floor"] = bandwidth is double bw2 ? Math.Round(wall / (bytes / bw2 * 1000), 3) : null;
+    }
+
+    private static GenerationResult[] RunBatch(Lvlm lvlm, LvlmPrompt prompt, GenerationOptions options, int batch) =>
+        Task.WhenAll(Enumerable.Range(0, batch).Select(_ => lvlm.GenerateAsync(prompt, options))).GetAwaiter().GetResult();
+
+    /// <summary>Keys and values per layer over the decode, on average (pruned layers hold fewer prompt tokens).</summary>
+    private static double[] KvTokensPerLayer(int layers, int promptTokens, PruningReport? report, int decode)
+    {
+        var perLayer = new double[layers];
+        for (var l = 0; l < layers; l++)
         {
-            step.Restart();
-            using var inner = NewDisposeScope();
-            var position = torch.full([work.Batch, 1], work.PromptTokens + i, ScalarType.Int64, device);
-            var h = model.forward(model.embed_tokens.forward(next), position, cache);
-            next = head.forward(h).argmax(-1).MoveToOuterDisposeScope();
-            enqueue.Add(step.Elapsed.TotalMilliseconds);
-            _ = next[0, 0].item<long>();
-            steps.Add(step.Elapsed.TotalMilliseconds);
+            var decided = report?.Layers.LastOrDefault(x => x.Layer < l);
+            perLayer[l] = (decided?.KeptIndices.Count ?? promptTokens) + (decode / 2.0);
         }
 
-        var msPerToken = total.Elapsed.TotalMilliseconds / work.DecodeTokens;
-        var sorted = steps.Order().ToList();
-        return new DecodeTrace(msPerToken, Median(steps), sorted[(int)(0.9 * (sorted.Count - 1))], sorted[^1], Median(enqueue),
-            GC.CollectionCount(0) - gcBefore, (GC.GetTotalPauseDuration() - pauseBefore).TotalMilliseconds);
+        return perLayer;
+    }
+
+    /// <summary>Bytes one decoding step reads: every decoder and LM-head weight once, each sequence's keys and values.</summary>
+    private static double StepBytes(LlavaForConditionalGeneration network, double[] kvTokens, int batch)
+    {
+        var weights = network.language_model.layers.parameters().Sum(p => p.NumberOfElements * p.ElementSize)
+            + (network.lm_head.weight.NumberOfElements * network.lm_head.weight.ElementSize);
+        var config = network.Config.Text;
+        var perToken = 2.0 * config.NumKeyValueHeads * config.HeadDim * network.lm_head.weight.ElementSize;
+        return weights + (batch * kvTokens.Sum() * perToken);
+    }
+
+    /// <summary>Device-to-device copy bandwidth (bytes read plus written per second), the same quantity as the platform notes.</summary>
+    private static double? DeviceBandwidth(Device device)
+    {
+        if (device.type != DeviceType.CUDA)
+        {
+            return null;
+        }
+
+        const long bytes = 1L << 30;
+        using var source = torch.empty(bytes / 2, ScalarType.Int16, device);
+        using var target = torch.empty(bytes / 2, ScalarType.Int16, device);
+        target.copy_(source);
+        torch.cuda.synchronize();
+        var watch = Stopwatch.StartNew();
+        const int repeats = 10;
+        for (var i = 0; i < repeats; i++)
+        {
+            target.copy_(source);
+        }
+
+        torch.cuda.synchronize();
+        return 2.0 * bytes * repeats / watch.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>
+    /// An N-turn chat (one image, about 150 new text tokens a turn, the greedy answer fed back): time to first token per
+    /// turn with the prefix cache and without it, the same weights in two engines.
+    /// </summary>
+    private static IEnumerable<JsonObject> ChatTurns(LlavaForConditionalGeneration network, LlamaTextTokenizer tokenizer, GenerationDefaults defaults,
+        EngineOptions engine, Settings settings, int turns, ContextPruningOptions? pruning, CancellationToken ct)
+    {
+        var reuse = pruning is null ? PrunedPrefixReuse.Exact : PrunedPrefixReuse.Incremental;
+        using var cached = Lvlm.FromNetwork(network, tokenizer, defaults, engine with { PrefixCacheBytes = 8L << 30, PrunedPrefixReuse = reuse }, ownsNetwork: false);
+        using var uncached = Lvlm.FromNetwork(network, tokenizer, defaults, engine with { PrefixCacheBytes = 0 }, ownsNetwork: false);
+        var answer = Math.Clamp(settings.Decode, 1, 32);
+        var options = new GenerationOptions { MaxNewTokens = answer, Temperature = 0, Pruning = pruning };
+        // Warm-up of both engines (graph capture, allocator) on an unrelated prompt.
+        var warm = Prompt(network, tokenizer, settings.VisualTokens, 64, seed: 99);
+        _ = cached.Generate(warm, options, ct);
+        _ = uncached.Generate(warm, options, ct);
+        IReadOnlyList<int>? history = null;
+        for (var turn = 1; turn <= turns; turn++)
+        {
+            var prompt = Prompt(network, tokenizer, settings.VisualTokens, 150, seed: 1000 + turn, history);
+            var cold = uncached.Generate(prompt, options, ct);
+            var warmRun = cached.Generate(prompt, options, ct);
+            history = [.. prompt.InputIds, .. warmRun.OutputTokenIds];
+            yield return new JsonObject
+            {
+                ["turn"] = turn,
+                ["prompt_tokens"] = prompt.InputIds.Count,
+                ["reused_tokens"] = warmRun.ReusedPromptTokens,
+                ["ttft_ms"] = Math.Round(warmRun.Timings.TimeToFirstTokenMs, 3),
+                ["ttft_uncached_ms"] = Math.Round(cold.Timings.TimeToFirstTokenMs, 3),
+                ["ttft_ratio"] = Math.Round(warmRun.Timings.TimeToFirstTokenMs / cold.Timings.TimeToFirstTokenMs, 3),
+                ["same_tokens"] = cold.OutputTokenIds.SequenceEqual(warmRun.OutputTokenIds),
+            };
+        }
+    }
+
+    /// <summary>
+    /// N streams at once (prompt lengths cycling through the list), each of --decode-tokens tokens: aggregate tokens/s
+    /// over the whole run, time to first token and per-token latency percentiles over streams.
+    /// </summary>
+    private static async Task<JsonObject> Concurrency(Lvlm lvlm, Settings settings, int streams, int[] lengths, ContextPruningOptions? pruning, CancellationToken ct)
+    {
+        var prompts = Enumerable.Range(0, streams).Select(i => Prompt(lvlm.Network, lvlm.Tokenizer, settings.VisualTokens, lengths[i % lengths.Length], seed: 500 + i)).ToArray();
+        var options = new GenerationOptions { MaxNewTokens = Math.Max(settings.Decode, 2), Temperature = 0, Pruning = pruning };
+        // Warm-up: the same load briefly, so every batch bucket's graph exists before timing.
+        await Task.WhenAll(prompts.Select(p => lvlm.GenerateAsync(p, options with { MaxNewTokens = 4 }, ct)));
+        var ttft = new double[streams];
+        var perToken = new double[streams];
+        var watch = Stopwatch.StartNew();
+        var tasks = prompts.Select(async (p, i) =>
+        {
+            var submitted = watch.Elapsed.TotalMilliseconds;
+            double? first = null;
+            var last = 0.0;
+            var count = 0;
+            await foreach (var update in lvlm.GenerateStreamingAsync(p, options, ct))
+            {
+                if (update.Result is not null)
+                {
+                    continue;
+                }
+
+                last = watch.Elapsed.TotalMilliseconds;
+                first ??= last;
+                count++;
+            }
+
+            ttft[i] = first!.Value - submitted;
+            perToken[i] = count > 1 ? (last - first.Value) / (count - 1) : double.NaN;
+            return count;
+        }).ToArray();
+        var tokens = (await Task.WhenAll(tasks)).Sum();
+        var seconds = watch.Elapsed.TotalSeconds;
+        return new JsonObject
+        {
+            ["concurrency"] = streams,
+            ["text_tokens"] = new JsonArray([.. prompts.Select(p => JsonValue.Create(p.InputIds.Count - settings.VisualTokens - 1))]),
+            ["decode_tokens"] = options.MaxNewTokens,
+            ["tokens_per_s"] = Math.Round(tokens / seconds, 1),
+            ["ttft_ms_p50"] = Math.Round(Percentile(ttft, 0.5), 3),
+            ["ttft_ms_p95"] = Math.Round(Percentile(ttft, 0.95), 3),
+            ["ms_per_token_p50"] = Math.Round(Percentile(perToken, 0.5), 3),
+            ["ms_per_token_p95"] = Math.Round(Percentile(perToken, 0.95), 3),
+            ["wall_s"] = Math.Round(seconds, 3),
+        };
+    }
+
+    private static double Percentile(double[] values, double p)
+    {
+        var sorted = values.Where(double.IsFinite).Order().ToArray();
+        return sorted.Length == 0 ? double.NaN : sorted[(int)Math.Round(p * (sorted.Length - 1))];
     }
 
     /// <summary>
@@ -287,8 +535,6 @@ internal static class BenchCommand
             return null;
         }
     }
-
-    private static double? Round(double? value) => value is double v ? Math.Round(v, 3) : null;
 
     private static void Synchronize(Device device)
     {

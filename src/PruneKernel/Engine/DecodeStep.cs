@@ -19,6 +19,9 @@ internal interface IDecodeStep : IDisposable
     /// <summary>Why captured graphs are not in use, or null when they are (for logs and bench records).</summary>
     string? GraphsOffReason { get; }
 
+    /// <summary>Host time of the last step until it waited for the device (launching kernels or a replay).</summary>
+    double LastHostMs { get; }
+
     /// <summary>
     /// Creates the caches of an admitted sequence. Owned caches size themselves at their first append (or prefix load):
     /// what it brings plus <paramref name="tokensAfterFirstAppend"/> (the rest of the prompt and the output budget); arena
@@ -46,6 +49,8 @@ internal sealed class EagerDecodeStep(LlavaForConditionalGeneration model, strin
 
     public string? GraphsOffReason => graphsOffReason;
 
+    public double LastHostMs { get; private set; }
+
     public DecoderCache CreateCache(long tokensAfterFirstAppend) => new(model.Config.Text.NumHiddenLayers, tokensAfterFirstAppend);
 
     public void ReleaseCache(DecoderCache cache) => cache.Dispose();
@@ -53,11 +58,14 @@ internal sealed class EagerDecodeStep(LlavaForConditionalGeneration model, strin
     public Tensor Step(IReadOnlyList<Sequence> batch)
     {
         using var scope = NewDisposeScope();
+        var watch = Stopwatch.StartNew();
         var ids = torch.tensor(batch.Select(s => (long)s.Next).ToArray(), [batch.Count, 1], ScalarType.Int64);
         var positions = batch.Select(s => s.NextPosition).ToArray();
         var attention = new PerSequenceAttention(model.Config.Text, batch.Select(s => s.Cache!).ToArray(), positions);
         var hidden = model.language_model.ForwardDecode(model.EmbedTokens(ids), torch.tensor(positions, [batch.Count, 1], ScalarType.Int64).to(model.Device), attention);
-        return model.Logits(hidden)[.., 0].to(ScalarType.Float32).cpu().MoveToOuterDisposeScope();
+        var logits = model.Logits(hidden).select(1, 0).to(ScalarType.Float32);
+        LastHostMs = watch.Elapsed.TotalMilliseconds;
+        return logits.cpu().MoveToOuterDisposeScope();
     }
 
     public void Dispose()

@@ -43,6 +43,28 @@ internal sealed class GenerationEngine : IDisposable
         options.Validate();
         (_model, _tokenizer, _defaults, _options, _imageCache, _identity) = (model, tokenizer, defaults, options, imageCache, identity);
         _vocabulary = new Lazy<TokenVocabulary>(() => new TokenVocabulary(tokenizer, defaults.EosTokenIds));
+        _tag = EngineMetrics.Tag(identity);
+        EngineMetrics.Register(this, identity);
+    }
+
+    private readonly KeyValuePair<string, object?> _tag;
+    private readonly StepRecord[] _steps = new StepRecord[4096];
+    private long _stepCount;
+
+    /// <summary>One decoding step as measured: requests in it, wall time, host time until it waited for the device.</summary>
+    internal readonly record struct StepRecord(int Batch, double WallMs, double HostMs);
+
+    /// <summary>The most recent decoding steps (up to 4,096), oldest first, for benchmarks.</summary>
+    internal IReadOnlyList<StepRecord> RecentSteps
+    {
+        get
+        {
+            lock (_steps)
+            {
+                var count = (int)Math.Min(_stepCount, _steps.Length);
+                return Enumerable.Range(0, count).Select(i => _steps[(_stepCount - count + i) % _steps.Length]).ToArray();
+            }
+        }
     }
 
     /// <summary>Requests waiting for admission.</summary>
@@ -299,6 +321,7 @@ internal sealed class GenerationEngine : IDisposable
         {
             PrefixCache.Load(m, s.Cache, promptLength - start + s.MaxNewTokens);
             s.Reused = m;
+            EngineMetrics.ReusedTokens.Add(m.Length, _tag);
         }
 
         s.Prefilled = start;
@@ -369,7 +392,10 @@ internal sealed class GenerationEngine : IDisposable
         var lengths = live.Select(s => s.Cache!.Layers.Select(l => l.Length).ToArray()).ToList();
         try
         {
-            Sample(live, _decoder!.Step(live));
+            var watch = Stopwatch.StartNew();
+            var logits = _decoder!.Step(live);
+            Record(live.Count, watch.Elapsed.TotalMilliseconds, _decoder.LastHostMs);
+            Sample(live, logits);
         }
         catch (Exception) when (live.Count > 1)
         {
@@ -395,6 +421,18 @@ internal sealed class GenerationEngine : IDisposable
         {
             Finish(live[0], e);
         }
+    }
+
+    private void Record(int batch, double wallMs, double hostMs)
+    {
+        lock (_steps)
+        {
+            _steps[_stepCount++ % _steps.Length] = new StepRecord(batch, wallMs, hostMs);
+        }
+
+        EngineMetrics.BatchSize.Record(batch, _tag);
+        EngineMetrics.StepDuration.Record(wallMs, _tag);
+        EngineMetrics.Tokens.Add(batch, _tag);
     }
 
     private static void Rewind(Sequence s, long[] lengths)
@@ -559,6 +597,6 @@ internal sealed class GenerationEngine : IDisposable
             FailAll(new ObjectDisposedException(nameof(Lvlm)));
         }
 
-        _wake.Dispose();
+        EngineMetrics.Unregister(this);
     }
 }

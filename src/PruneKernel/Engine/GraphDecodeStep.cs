@@ -51,6 +51,8 @@ internal sealed class GraphDecodeStep : IDecodeStep
 
     public string? GraphsOffReason => _graphsOff;
 
+    public double LastHostMs { get; private set; }
+
     /// <summary>Whether the model's attention fits the varlen flash kernel (half precision, head size a multiple of 8 up to 256).</summary>
     public static string? Unsupported(LlavaForConditionalGeneration model) =>
         model.DType is not (ScalarType.BFloat16 or ScalarType.Float16) ? $"dtype {model.DType} (flash attention needs bf16 or f16)"
@@ -103,18 +105,22 @@ internal sealed class GraphDecodeStep : IDecodeStep
     public Tensor Step(IReadOnlyList<Sequence> batch)
     {
         var bucket = Bucket(batch.Count);
+        var watch = Stopwatch.StartNew();
         Stage(batch);
         Tensor logits;
         if (_graphsOff is null && TryGraph(bucket) is { } graph)
         {
             graph.Graph.Replay();
+            LastHostMs = watch.Elapsed.TotalMilliseconds;
             using var rows = graph.Logits.narrow(0, 0, batch.Count);
             logits = rows.cpu();
         }
         else
         {
             using var scope = NewDisposeScope();
-            logits = Forward(bucket).narrow(0, 0, batch.Count).cpu().MoveToOuterDisposeScope();
+            var all = Forward(bucket);
+            LastHostMs = watch.Elapsed.TotalMilliseconds;
+            logits = all.narrow(0, 0, batch.Count).cpu().MoveToOuterDisposeScope();
         }
 
         // The step wrote each sequence's new keys and values straight into its slot: count them.

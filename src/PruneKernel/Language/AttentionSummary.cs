@@ -19,7 +19,24 @@ internal sealed class AttentionSummary : IDisposable
     private readonly long _scoreBudgetBytes;
 
     /// <param name="scoreBudgetBytes">Bytes of scores per chunk (tests shrink it to exercise chunking).</param>
-    public AttentionSummary(long scoreBudgetBytes = DefaultScoreBudgetBytes) => _scoreBudgetBytes = scoreBudgetBytes;
+    /// <param name="firstScoredKey">
+    /// Keys before this row are never candidates (BOS, the image): their column sums are not needed, and queries before
+    /// it cannot see the keys after it, so the fast path computes only the block from this row on.
+    /// </param>
+    public AttentionSummary(long scoreBudgetBytes = DefaultScoreBudgetBytes, long firstScoredKey = 0)
+    {
+        _scoreBudgetBytes = scoreBudgetBytes;
+        FirstScoredKey = firstScoredKey;
+    }
+
+    /// <summary>The first key (and query) row whose column sum is computed by <see cref="ComputeFromLogSumExp"/>.</summary>
+    public long FirstScoredKey { get; }
+
+    /// <summary>
+    /// When set, <see cref="ComputeFromLogSumExp"/> is not used and every summary takes the chunked softmax path (benchmarks
+    /// compare the two selections).
+    /// </summary>
+    internal static bool ForceSoftmaxPath { get; set; }
 
     private const long Alignment = 8;
 
@@ -82,6 +99,53 @@ internal sealed class AttentionSummary : IDisposable
         ElapsedMs = watch.Elapsed.TotalMilliseconds;
     }
 
+    /// <summary>
+    /// Fills the summary from the attention kernel's own per-row log-sum-exp (so no row is normalised again): for query i
+    /// and key j, p = exp(q·k/√d − lse_i). Only keys from <see cref="FirstScoredKey"/> on are summed, over the queries that
+    /// can see them. Each query chunk is one GEMM whose epilogue subtracts c_i = lse_i rounded to the scores' dtype (so the
+    /// half-precision values stay near 0 and exp cannot overflow), one in-place exp, a zeroed causal triangle, and one
+    /// batched matrix-vector product with weights exp(c_i − lse_i) in float32 that undo the rounding: no softmax pass and
+    /// no float32 copy of the scores. Queries [1, H, T, D], keys [1, H, S, D] with S = T (a cold pass), lse [1, H, T].
+    /// </summary>
+    public void ComputeFromLogSumExp(Tensor q, Tensor k, Tensor logSumExp)
+    {
+        Synchronize(q.device);
+        var watch = Stopwatch.StartNew();
+        using (var scope = NewDisposeScope())
+        {
+            long heads = q.shape[1], t = q.shape[2], s = k.shape[2], d = q.shape[3];
+            var first = Math.Min(FirstScoredKey, t - 1);
+            var rows = t - first;
+            var width = s - first;
+            var keysT = k[0].narrow(1, first, width).transpose(1, 2);
+            var lse = logSumExp[0].narrow(1, first, rows);
+            var shift = lse.to(q.dtype);
+            var weights = (shift.to(ScalarType.Float32) - lse).exp_().to(q.dtype);
+            var columns = torch.zeros([heads, s], ScalarType.Float32, q.device);
+            var tail = columns.narrow(1, first, width);
+            var chunk = Math.Max(1, Math.Min(rows, _scoreBudgetBytes / k.ElementSize / Math.Max(1, heads * width)));
+            var future = torch.ones([chunk, chunk], ScalarType.Bool, q.device).triu(1);
+            for (long start = 0; start < rows; start += chunk)
+            {
+                using var inner = NewDisposeScope();
+                var n = Math.Min(chunk, rows - start);
+                var seen = start + n; // keys beyond the chunk's last query are masked anyway
+                var p = torch.baddbmm(-shift.narrow(1, start, n).unsqueeze(-1), q[0].narrow(1, first + start, n), keysT.narrow(2, 0, seen),
+                    beta: 1, alpha: (float)(1.0 / Math.Sqrt(d)));
+                p.exp_();
+                p.narrow(2, start, n).masked_fill_(future.narrow(0, 0, n).narrow(1, 0, n), 0);
+                tail.narrow(1, 0, seen).add_(torch.bmm(weights.narrow(1, start, n).unsqueeze(1), p).squeeze(1));
+            }
+
+            var last = torch.matmul(q[0].narrow(1, t - 1, 1), k[0].transpose(1, 2)).div_(Math.Sqrt(d)).softmax(-1, ScalarType.Float32).squeeze(1);
+            ColumnSums = columns.DetachFromDisposeScope();
+            LastRow = last.DetachFromDisposeScope();
+        }
+
+        Synchronize(q.device);
+        ElapsedMs = watch.Elapsed.TotalMilliseconds;
+    }
+
     private static long RoundUp(long value, long multiple) => (value + multiple - 1) / multiple * multiple;
 
     private static void Synchronize(Device device)
@@ -107,6 +171,9 @@ internal sealed class AttentionSummary : IDisposable
 internal interface IDecoderTokenSelector
 {
     bool WantsAttention(int layer);
+
+    /// <summary>The first row of the current sequence that can be a candidate at <paramref name="layer"/> (earlier rows never are).</summary>
+    long FirstCandidateRow(int layer);
 
     /// <returns>Indices of the tokens to keep for the following layers, or null to keep all.</returns>
     Tensor? SelectAfterLayer(int layer, AttentionSummary summary);

@@ -1,4 +1,5 @@
 
+using PruneKernel.Runtime;
 using TorchSharp;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;
@@ -135,12 +136,23 @@ internal sealed class LlamaAttention : nn.Module
             return o_proj.forward(eager).MoveToOuterDisposeScope();
         }
 
-        summary?.Compute(q, k);
-
         var mask = AttentionMask(t, k.shape[2], past, slidingWindowActive, x.device);
-        var o = mask is null
-            ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1)
-            : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
+        Tensor o;
+        if (summary is not null && mask is null && past == 0 && t > 1 && !AttentionSummary.ForceSoftmaxPath && LibTorchCuda.CanFlashWithLogSumExp(q))
+        {
+            // The kernel scaled-dot-product attention would pick anyway, asked for its row normalisers too: scoring then
+            // needs no softmax of its own.
+            (o, var logSumExp) = LibTorchCuda.FlashWithLogSumExp(q, k, v);
+            summary.ComputeFromLogSumExp(q, k, logSumExp);
+        }
+        else
+        {
+            summary?.Compute(q, k);
+            o = mask is null
+                ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1)
+                : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
+        }
+
         o = o.transpose(1, 2).reshape(b, t, _heads * _headDim);
         return o_proj.forward(o).MoveToOuterDisposeScope();
     }
@@ -312,7 +324,7 @@ internal sealed class LlamaModel : nn.Module
         var windowActive = Config.SlidingWindow is int window && positionIds.max().item<long>() >= window;
         for (var i = 0; i < layers.Count; i++)
         {
-            using var summary = selector?.WantsAttention(i) == true ? new AttentionSummary() : null;
+            using var summary = selector?.WantsAttention(i) == true ? new AttentionSummary(firstScoredKey: selector.FirstCandidateRow(i)) : null;
             hidden = layers[i].forward(hidden, cos, sin, windowActive, cache?.Layers[i], summary);
             if (layerOutputs is not null)
             {

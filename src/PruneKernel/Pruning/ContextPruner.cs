@@ -91,6 +91,12 @@ internal sealed class ContextPruner : IDecoderTokenSelector
 
     public bool WantsAttention(int layer) => layer >= _options.StartLayer && layer <= LastLayer;
 
+    public long FirstCandidateRow(int layer)
+    {
+        var first = Array.FindIndex(_original, p => !_protected[p]);
+        return first < 0 ? Math.Max(0, _original.Length - 1) : first;
+    }
+
     public Tensor? SelectAfterLayer(int layer, AttentionSummary summary)
     {
         if (summary.ColumnSums!.device_type == DeviceType.CUDA)

@@ -77,6 +77,12 @@ public sealed record PruningReport
     /// </summary>
     public int ReusedTokens { get; init; }
 
+    /// <summary>
+    /// Why pruning did not run although it was asked for (for example "below break-even": too few text tokens for the
+    /// scoring to pay for itself on this device), or null when it ran.
+    /// </summary>
+    public string? Skipped { get; init; }
+
     /// <summary>"cold" for a full prompt pass, "incremental" when it continued from a cached prefix.</summary>
     public string Mode => ReusedTokens > 0 ? "incremental" : "cold";
 

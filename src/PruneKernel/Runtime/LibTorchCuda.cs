@@ -26,6 +26,8 @@ internal static unsafe class LibTorchCuda
     private static delegate* unmanaged<IntPtr, int, int> _setCurrentStream;
     private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr*, IntPtr*, long, long, double, int, int, double*, long*, long*, IntPtr*, IntPtr*,
         IntPtr*, IntPtr*, IntPtr*, IntPtr*, IntPtr*, int> _flashForward;
+    private static delegate* unmanaged<IntPtr, IntPtr, IntPtr, double, int, int, double*, IntPtr*, IntPtr*, IntPtr*, IntPtr*, long*, long*, IntPtr*, IntPtr*,
+        IntPtr*, int> _flashSdpa;
     private static delegate* unmanaged<IntPtr, int> _deleteTensor;
     private static delegate* unmanaged<IntPtr, byte, void> _graphConstructKeep;
     private static delegate* unmanaged<IntPtr, void> _graphConstruct;
@@ -67,6 +69,8 @@ internal static unsafe class LibTorchCuda
         _flashForward = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, IntPtr*, IntPtr*, long, long, double, int, int, double*, long*, long*, IntPtr*, IntPtr*,
             IntPtr*, IntPtr*, IntPtr*, IntPtr*, IntPtr*, int>)Export(cuda, "aoti_torch_cuda__flash_attention_forward");
         _deleteTensor = (delegate* unmanaged<IntPtr, int>)Export(cpu, "aoti_torch_delete_tensor_object");
+        _flashSdpa = (delegate* unmanaged<IntPtr, IntPtr, IntPtr, double, int, int, double*, IntPtr*, IntPtr*, IntPtr*, IntPtr*, long*, long*, IntPtr*, IntPtr*,
+            IntPtr*, int>)Export(cuda, "aoti_torch_cuda__scaled_dot_product_flash_attention");
         // PyTorch 2.8+ constructs with CUDAGraph(bool keep_graph); older builds with CUDAGraph().
         if (NativeLibrary.TryGetExport(cuda, "_ZN2at4cuda9CUDAGraphC1Eb", out var ctorKeep))
         {
@@ -130,6 +134,45 @@ internal static unsafe class LibTorchCuda
         }
 
         return Tensor.UnsafeCreateTensor(output);
+    }
+
+    /// <summary>
+    /// Whether <see cref="FlashWithLogSumExp"/> can run on these queries: CUDA, half precision, a head size flash supports,
+    /// and the entry point present.
+    /// </summary>
+    public static bool CanFlashWithLogSumExp(Tensor q) =>
+        q.device_type == DeviceType.CUDA && q.dtype is ScalarType.BFloat16 or ScalarType.Float16
+        && q.shape[^1] % 8 == 0 && q.shape[^1] <= 256 && Availability is null;
+
+    /// <summary>
+    /// Causal flash attention over [B, H, T, Dh] queries, keys and values (equal head counts), returning the output and
+    /// the per-row log-sum-exp of the scores [B, H, T] in float32: the same kernel scaled-dot-product attention picks for
+    /// these inputs, with the normaliser it computes anyway.
+    /// </summary>
+    public static (Tensor Output, Tensor LogSumExp) FlashWithLogSumExp(Tensor q, Tensor k, Tensor v)
+    {
+        IntPtr output, lse, cumQ, cumK, rng, unused, debug;
+        long maxQ, maxK;
+        Check(_flashSdpa(q.Handle, k.Handle, v.Handle, 0.0, 1, 0, null, &output, &lse, &cumQ, &cumK, &maxQ, &maxK, &rng, &unused, &debug),
+            "_scaled_dot_product_flash_attention");
+        foreach (var handle in new[] { cumQ, cumK, rng, unused, debug })
+        {
+            if (handle != IntPtr.Zero)
+            {
+                _ = _deleteTensor(handle);
+            }
+        }
+
+        var logSumExp = Tensor.UnsafeCreateTensor(lse);
+        return (Tensor.UnsafeCreateTensor(output), logSumExp.shape[2] == q.shape[2] ? logSumExp : Narrowed(logSumExp, q.shape[2]));
+    }
+
+    private static Tensor Narrowed(Tensor padded, long rows)
+    {
+        using (padded)
+        {
+            return padded.narrow(2, 0, rows).contiguous();
+        }
     }
 
     /// <summary>
