@@ -85,6 +85,32 @@ public sealed class ImageDecodeException : PruneKernelException
     public ImageDecodeException(string message, Exception innerException) : base(message, innerException) { }
 }
 
+/// <summary>
+/// A native library PruneKernel needs cannot be loaded: TorchSharp's shim and libtorch behind it, or SkiaSharp's
+/// libSkiaSharp. The message names the library and what is missing (a file, or a symbol version the host lacks).
+/// </summary>
+public sealed class NativeDependencyException : PruneKernelException
+{
+    /// <summary>Creates the exception for <paramref name="library"/>.</summary>
+    public NativeDependencyException(string library, string message, Exception? innerException = null)
+        : base(message, innerException ?? new DllNotFoundException(message))
+    {
+        Library = library;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public NativeDependencyException() : this("(unknown)", "A native library cannot be loaded.") { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public NativeDependencyException(string message) : this("(unknown)", message) { }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public NativeDependencyException(string message, Exception innerException) : this("(unknown)", message, innerException) { }
+
+    /// <summary>The library that failed to load, as the loader was asked for it (for example libLibTorchSharp.so).</summary>
+    public string Library { get; }
+}
+
 /// <summary>Tokenizer files are missing or malformed.</summary>
 public sealed class TokenizerException : PruneKernelException
 {

@@ -68,7 +68,11 @@ public static class TorchRuntime
         }
     }
 
-    /// <summary>Applies <c>PRUNEKERNEL_LIBTORCH</c> if it is set. Idempotent.</summary>
+    /// <summary>
+    /// Applies <c>PRUNEKERNEL_LIBTORCH</c> if it is set, then loads TorchSharp's native library so that a missing
+    /// libtorch or a host too old for it is reported by name. Idempotent.
+    /// </summary>
+    /// <exception cref="NativeDependencyException">TorchSharp's native library or the libtorch behind it cannot be loaded.</exception>
     public static void Initialize()
     {
         var folder = Environment.GetEnvironmentVariable(LibTorchEnvironmentVariable);
@@ -76,9 +80,12 @@ public static class TorchRuntime
         {
             UseLibTorchFrom(folder);
         }
+
+        NativeDependencies.EnsureTorch();
     }
 
     /// <summary>Parses "cpu", "cuda" or "cuda:N" and checks the device is usable.</summary>
+    /// <exception cref="NativeDependencyException">libtorch cannot be loaded (see <see cref="Initialize"/>).</exception>
     /// <exception cref="PruneKernelException">CUDA was asked for but is not available, or the name is unknown.</exception>
     public static Device ResolveDevice(string name)
     {

@@ -1,3 +1,4 @@
+using PruneKernel.Runtime;
 using SkiaSharp;
 
 namespace PruneKernel.Vision;
@@ -68,6 +69,7 @@ public static class ImageDecoder
 
     /// <summary>Decodes image bytes; <paramref name="sourceName"/> names them in errors. The bytes are not modified.</summary>
     /// <exception cref="ImageDecodeException">The bytes are empty, of an unknown format, corrupt, or decode to no pixels.</exception>
+    /// <exception cref="NativeDependencyException">SkiaSharp's native library cannot be loaded.</exception>
     public static RgbImage Decode(ReadOnlySpan<byte> bytes, string sourceName)
     {
         if (bytes.IsEmpty)
@@ -75,6 +77,7 @@ public static class ImageDecoder
             throw new ImageDecodeException($"{sourceName}: no image data (0 bytes).");
         }
 
+        NativeDependencies.EnsureSkia();
         using var data = SKData.CreateCopy(bytes);
         using var codec = SKCodec.Create(data);
         if (codec is null)
