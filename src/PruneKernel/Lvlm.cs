@@ -98,6 +98,9 @@ public sealed class Lvlm : IDisposable
     /// <summary>The engine that schedules this model's requests (queue, batch, prefix cache).</summary>
     internal GenerationEngine GenerationEngine => _engine;
 
+    /// <summary>The engine's settings.</summary>
+    public EngineOptions EngineOptions => _engine.Options;
+
     /// <summary>Requests waiting for admission to the batch.</summary>
     public int QueuedRequests => _engine.QueueLength;
 

@@ -66,9 +66,10 @@ internal static class BenchCommand
         var chatTurns = new Option<int>("--chat-turns") { Description = "Also run an N-turn chat (one image, ~150 new tokens a turn): TTFT with and without the prefix cache.", DefaultValueFactory = _ => 0 };
         var concurrency = new Option<int[]>("--concurrency") { Description = "Also run N concurrent streams of --decode-tokens each (repeatable), prompts cycling through --text-tokens.", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [] };
         var noGraphs = new Option<bool>("--no-graphs") { Description = "Decode eagerly (no CUDA graphs)." };
+        var noPrefill = new Option<bool>("--no-prefill") { Description = "Skip the prompt-pass and decoding records (with --chat-turns or --concurrency)." };
         var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
         var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, tokenizer })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, noPrefill, tokenizer })
         {
             command.Add(option);
         }
@@ -119,7 +120,7 @@ internal static class BenchCommand
                 console.WriteLine(record.ToJsonString());
             }
 
-            foreach (var length in textTokens)
+            foreach (var length in r.GetValue(noPrefill) ? [] : textTokens)
             {
                 foreach (var mode in r.GetValue(modes)!)
                 {
@@ -344,6 +345,18 @@ internal static class BenchCommand
         result["decode_tokens_per_s"] = Math.Round(settings.Batch * 1000 / wall, 1);
         result["decode_step_ms_p90"] = Math.Round(sorted[(int)(0.9 * (sorted.Count - 1))], 3);
         result["host_ms_per_token"] = Math.Round(Median(steps.Select(s => s.HostMs).ToList()), 3);
+        if (settings.Device.type == DeviceType.CUDA && settings.Batch == 1)
+        {
+            // The same greedy run without graphs (same kernels, launched eagerly) and with per-sequence attention (the
+            // decoding path the arena replaced): graphs must change no token.
+            foreach (var (name, variant) in new[] { ("tokens_equal_without_graphs", lvlm.EngineOptions with { CudaGraphs = false }),
+                ("tokens_equal_per_sequence_attention", lvlm.EngineOptions with { PerSequenceAttention = true }) })
+            {
+                using var other = Lvlm.FromNetwork(network, lvlm.Tokenizer, lvlm.GenerationDefaults, variant, ownsNetwork: false);
+                result[name] = other.Generate(prompt, options).OutputTokenIds.SequenceEqual(results[0].OutputTokenIds);
+            }
+        }
+
         var kvTokens = KvTokensPerLayer(network.Config.Text.NumHiddenLayers, prompt.InputIds.Count, results[0].Pruning, settings.Decode);
         var bytes = StepBytes(network, kvTokens, settings.Batch);
         result["bytes_per_step_mb"] = Math.Round(bytes / 1e6, 1);
@@ -474,6 +487,10 @@ internal static class BenchCommand
         }).ToArray();
         var tokens = (await Task.WhenAll(tasks)).Sum();
         var seconds = watch.Elapsed.TotalSeconds;
+        // Every stream's tokens against the same request served alone (greedy: batching must change none).
+        var outputs = await Task.WhenAll(prompts.Select(p => lvlm.GenerateAsync(p, options with { MaxNewTokens = Math.Min(options.MaxNewTokens!.Value, 32) }, ct)));
+        var alone = prompts.Select(p => lvlm.Generate(p, options with { MaxNewTokens = Math.Min(options.MaxNewTokens!.Value, 32) }, ct)).ToArray();
+        var equal = outputs.Zip(alone).Count(pair => pair.First.OutputTokenIds.SequenceEqual(pair.Second.OutputTokenIds));
         return new JsonObject
         {
             ["concurrency"] = streams,
@@ -485,6 +502,7 @@ internal static class BenchCommand
             ["ms_per_token_p50"] = Math.Round(Percentile(perToken, 0.5), 3),
             ["ms_per_token_p95"] = Math.Round(Percentile(perToken, 0.95), 3),
             ["wall_s"] = Math.Round(seconds, 3),
+            ["streams_equal_alone"] = $"{equal}/{streams}",
         };
     }
 

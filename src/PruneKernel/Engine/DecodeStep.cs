@@ -79,6 +79,9 @@ internal static class DecodeSteps
     /// <summary>Set to 0 to keep CUDA graphs off (the varlen arena path still runs, eagerly).</summary>
     public const string GraphsEnvironmentVariable = "PRUNEKERNEL_CUDA_GRAPHS";
 
+    /// <summary>Set to 0 to decode with per-sequence scaled-dot-product attention (no arena, no graphs).</summary>
+    public const string VarlenEnvironmentVariable = "PRUNEKERNEL_VARLEN_ATTENTION";
+
     /// <summary>Creates the decoder on the engine thread (which, for graphs, moves its work to a side stream).</summary>
     public static IDecodeStep Create(LlavaForConditionalGeneration model, EngineOptions options)
     {
@@ -87,7 +90,9 @@ internal static class DecodeSteps
             return new EagerDecodeStep(model, "CPU (CUDA graphs need a GPU)");
         }
 
-        if (GraphDecodeStep.Unsupported(model) is { } reason)
+        var reason = options.PerSequenceAttention || Environment.GetEnvironmentVariable(VarlenEnvironmentVariable) == "0"
+            ? "per-sequence attention requested" : GraphDecodeStep.Unsupported(model);
+        if (reason is not null)
         {
             Trace.TraceInformation($"PruneKernel: eager decoding: {reason}.");
             return new EagerDecodeStep(model, reason);

@@ -68,6 +68,12 @@ public sealed record EngineOptions
     /// </summary>
     public int? MaxSequenceTokens { get; init; }
 
+    /// <summary>
+    /// Decode with per-sequence scaled-dot-product attention even where the varlen arena could run (benchmarks compare
+    /// the two; also <c>PRUNEKERNEL_VARLEN_ATTENTION=0</c>).
+    /// </summary>
+    internal bool PerSequenceAttention { get; init; }
+
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid value.</summary>
     public void Validate()
     {

@@ -67,6 +67,9 @@ internal sealed class GenerationEngine : IDisposable
         }
     }
 
+    /// <summary>The settings this engine runs with.</summary>
+    public EngineOptions Options => _options;
+
     /// <summary>Requests waiting for admission.</summary>
     public int QueueLength
     {
