@@ -16,13 +16,12 @@ case "${1:-}" in
     shift
     for p in "$@"; do
       git rm -r -q --cached -- "$p"
-      echo "/$p # device-travel" >> "$exclude"
+      echo "/$p" >> "$exclude"
       echo "$p" >> "$list"
     done ;;
   restore)
     [ -f "$list" ] || exit 0
-    while read -r p; do git reset -q -- "$p"; done < "$list"
-    sed -i '/ # device-travel$/d' "$exclude"
+    while read -r p; do git reset -q -- "$p"; grep -vxF "/$p" "$exclude" > "$exclude.tmp" || true; mv "$exclude.tmp" "$exclude"; done < "$list"
     rm -f "$list" ;;
   *) echo "usage: device_travel.sh hide PATH... | restore" >&2; exit 2 ;;
 esac

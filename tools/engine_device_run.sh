@@ -34,7 +34,7 @@ if has hf; then
     --iterations 5 --warmup 2 --no-cudnn-sdpa --output "$raw/hf-7b.json" > "$raw/hf.log" 2>&1
 fi
 if has turns; then
-  pk bench --shape llava-1.5-7b --device cuda --dtype bf16 --text-tokens 256 --pruning off progressive --decode-tokens 32 --no-prefill \
+  pk bench --shape llava-1.5-7b --device cuda --dtype bf16 --text-tokens 256 --pruning off progressive --decode-tokens 128 --no-prefill \
     --chat-turns 10 --output "$raw/pk-7b-turns.json" > "$raw/pk-7b-turns.log" 2>&1
 fi
 if has concurrency; then

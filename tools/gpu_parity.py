@@ -19,7 +19,7 @@ def generate(folder, meta, dtype, env_extra):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])["output_token_ids"]
+    return json.loads(out.stdout[out.stdout.index("{"):])["output_token_ids"]
 
 
 def main():

@@ -424,7 +424,7 @@ internal static class BenchCommand
         var reuse = pruning is null ? PrunedPrefixReuse.Exact : PrunedPrefixReuse.Incremental;
         using var cached = Lvlm.FromNetwork(network, tokenizer, defaults, engine with { PrefixCacheBytes = 8L << 30, PrunedPrefixReuse = reuse }, ownsNetwork: false);
         using var uncached = Lvlm.FromNetwork(network, tokenizer, defaults, engine with { PrefixCacheBytes = 0 }, ownsNetwork: false);
-        var answer = Math.Clamp(settings.Decode, 1, 32);
+        var answer = Math.Clamp(settings.Decode, 1, 256);
         var options = new GenerationOptions { MaxNewTokens = answer, Temperature = 0, Pruning = pruning };
         // Warm-up of both engines (graph capture, allocator) on an unrelated prompt.
         var warm = Prompt(network, tokenizer, settings.VisualTokens, 64, seed: 99);

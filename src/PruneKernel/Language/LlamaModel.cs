@@ -47,13 +47,12 @@ internal sealed class LlamaAttention : nn.Module
     private readonly int _heads;
     private readonly int _kvHeads;
     private readonly int _headDim;
-    private readonly int? _slidingWindow;
 
     private readonly FusedProjection _qkv;
 
     public LlamaAttention(TextConfig c, ScalarType dtype, Device device) : base(nameof(LlamaAttention))
     {
-        (_heads, _kvHeads, _headDim, _slidingWindow) = (c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.SlidingWindow);
+        (_heads, _kvHeads, _headDim) = (c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim);
         _qkv = new FusedProjection(c.HiddenSize, [_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], c.AttentionBias, dtype, device);
         (q_proj, k_proj, v_proj) = (_qkv.Parts[0], _qkv.Parts[1], _qkv.Parts[2]);
         o_proj = new Linear(_heads * _headDim, c.HiddenSize, c.AttentionBias, dtype, device);
@@ -96,7 +95,7 @@ internal sealed class LlamaAttention : nn.Module
     /// x [B, T, D] at positions [B, T]; the cache (if any) receives this step's keys and values. With a
     /// <paramref name="summary"/>, the attention probabilities are also summarised for token selection.
     /// </summary>
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, bool slidingWindowActive, LayerKvCache? cache, AttentionSummary? summary = null)
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, PromptMasks masks, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
@@ -136,7 +135,7 @@ internal sealed class LlamaAttention : nn.Module
             return o_proj.forward(eager).MoveToOuterDisposeScope();
         }
 
-        var mask = AttentionMask(t, k.shape[2], past, slidingWindowActive, x.device);
+        var mask = masks.For(t, k.shape[2], past);
         Tensor o;
         if (summary is not null && mask is null && past == 0 && t > 1 && !AttentionSummary.ForceSoftmaxPath && LibTorchCuda.CanFlashWithLogSumExp(q))
         {
@@ -169,30 +168,6 @@ internal sealed class LlamaAttention : nn.Module
         var qk = RotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin);
         var o = attention.Attend(layer, qk.narrow(2, 0, _heads), qk.narrow(2, _heads, _kvHeads), qkv.narrow(2, _heads + _kvHeads, _kvHeads));
         return o_proj.forward(o).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>
-    /// Null when plain causal attention applies (a prefill with nothing cached, or one query seeing everything).
-    /// Otherwise a boolean [T, S] mask: causal over cache order, and Mistral's window over position distance.
-    /// </summary>
-    private Tensor? AttentionMask(long queries, long keys, long past, bool windowMatters, Device device)
-    {
-        if (!windowMatters && (past == 0 || queries == 1))
-        {
-            return null;
-        }
-
-        var qIndex = torch.arange(past, past + queries, device: device).unsqueeze(1);
-        var kIndex = torch.arange(0, keys, device: device).unsqueeze(0);
-        var mask = kIndex <= qIndex;
-        if (windowMatters)
-        {
-            // Distance by cache index equals distance by position only without pruning; the window is a Mistral
-            // property of the unpruned sequence, so we use the index order, as transformers does.
-            mask = mask & ((qIndex - kIndex) < _slidingWindow!.Value);
-        }
-
-        return mask;
     }
 }
 
@@ -268,10 +243,10 @@ internal sealed class LlamaDecoderLayer : nn.Module
 
     public LlamaMlp mlp { get; }
 
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin, bool slidingWindowActive, LayerKvCache? cache, AttentionSummary? summary = null)
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, PromptMasks masks, LayerKvCache? cache, AttentionSummary? summary = null)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, slidingWindowActive, cache, summary);
+        var h = x + self_attn.forward(input_layernorm.forward(x), cos, sin, masks, cache, summary);
         return (h + mlp.forward(post_attention_layernorm.forward(h))).MoveToOuterDisposeScope();
     }
 
@@ -322,10 +297,11 @@ internal sealed class LlamaModel : nn.Module
         // Mistral's window only matters once positions reach it; one host read per pass, not one per layer. The last
         // token is never pruned, so the maximum position holds for every layer.
         var windowActive = Config.SlidingWindow is int window && positionIds.max().item<long>() >= window;
+        using var masks = new PromptMasks(windowActive ? Config.SlidingWindow : null, hidden.device);
         for (var i = 0; i < layers.Count; i++)
         {
             using var summary = selector?.WantsAttention(i) == true ? new AttentionSummary(firstScoredKey: selector.FirstCandidateRow(i)) : null;
-            hidden = layers[i].forward(hidden, cos, sin, windowActive, cache?.Layers[i], summary);
+            hidden = layers[i].forward(hidden, cos, sin, masks, cache?.Layers[i], summary);
             if (layerOutputs is not null)
             {
                 layerOutputs.Add(hidden.MoveToOuterDisposeScope());
@@ -359,5 +335,50 @@ internal sealed class LlamaModel : nn.Module
         }
 
         return norm.forward(hidden).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
+/// The attention masks of one prompt pass, built once per shape and shared by every layer (each mask is a few kernels
+/// of host work; rebuilding it in each of 32 layers made short passes host-bound). Null when plain causal attention
+/// applies: nothing cached and no window, or one query seeing everything. Otherwise a boolean [T, S] mask: causal over
+/// cache order, and Mistral's window over index distance (the window is a property of the unpruned sequence, so the
+/// index order is used, as transformers does).
+/// </summary>
+internal sealed class PromptMasks(int? window, Device device) : IDisposable
+{
+    private readonly Dictionary<(long, long, long), Tensor?> _masks = [];
+
+    public Tensor? For(long queries, long keys, long past)
+    {
+        if (window is null && (past == 0 || queries == 1))
+        {
+            return null;
+        }
+
+        if (!_masks.TryGetValue((queries, keys, past), out var mask))
+        {
+            using var scope = NewDisposeScope();
+            var qIndex = torch.arange(past, past + queries, device: device).unsqueeze(1);
+            var kIndex = torch.arange(0, keys, device: device).unsqueeze(0);
+            var built = kIndex <= qIndex;
+            if (window is int w)
+            {
+                built = built & ((qIndex - kIndex) < w);
+            }
+
+            mask = built.DetachFromDisposeScope();
+            _masks[(queries, keys, past)] = mask;
+        }
+
+        return mask;
+    }
+
+    public void Dispose()
+    {
+        foreach (var mask in _masks.Values)
+        {
+            mask?.Dispose();
+        }
     }
 }

@@ -21,6 +21,7 @@ internal static unsafe class LibTorchCuda
     private const int CaptureModeThreadLocal = 1;
 
     private static readonly Lazy<string?> Resolved = new(Resolve);
+    private static readonly Lazy<bool> FlashSdpaResolved = new(() => Resolved.Value is null || (_flashSdpa != null && _deleteTensor != null));
 
     private static delegate* unmanaged<byte, int, IntPtr*, int> _streamFromPool;
     private static delegate* unmanaged<IntPtr, int, int> _setCurrentStream;
@@ -81,7 +82,7 @@ internal static unsafe class LibTorchCuda
             _graphConstruct = (delegate* unmanaged<IntPtr, void>)Export(cuda, "_ZN2at4cuda9CUDAGraphC1Ev");
         }
 
-        _graphCaptureBegin = (delegate* unmanaged<IntPtr, ulong, ulong, int, void>)Export(cuda, "_ZN2at4cuda9CUDAGraph13capture_beginESt4pairIyyE20cudaStreamCaptureMode");
+        _graphCaptureBegin = (delegate* unmanaged<IntPtr, ulong, ulong, int, void>)Export(cuda, "_ZN2at4cuda9CUDAGraph13capture_beginESt4pairIyyE21cudaStreamCaptureMode");
         _graphCaptureEnd = (delegate* unmanaged<IntPtr, void>)Export(cuda, "_ZN2at4cuda9CUDAGraph11capture_endEv");
         _graphReplay = (delegate* unmanaged<IntPtr, void>)Export(cuda, "_ZN2at4cuda9CUDAGraph6replayEv");
         _graphDestroy = (delegate* unmanaged<IntPtr, void>)Export(cuda, "_ZN2at4cuda9CUDAGraphD1Ev");
@@ -142,7 +143,7 @@ internal static unsafe class LibTorchCuda
     /// </summary>
     public static bool CanFlashWithLogSumExp(Tensor q) =>
         q.device_type == DeviceType.CUDA && q.dtype is ScalarType.BFloat16 or ScalarType.Float16
-        && q.shape[^1] % 8 == 0 && q.shape[^1] <= 256 && Availability is null;
+        && q.shape[^1] % 8 == 0 && q.shape[^1] <= 256 && FlashSdpaResolved.Value;
 
     /// <summary>
     /// Causal flash attention over [B, H, T, Dh] queries, keys and values (equal head counts), returning the output and
