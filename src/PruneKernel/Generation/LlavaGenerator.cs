@@ -2,6 +2,7 @@ using System.Diagnostics;
 using PruneKernel.Language;
 using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
+using PruneKernel.Sampling;
 using PruneKernel.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -19,6 +20,7 @@ internal static class LlavaGenerator
         GenerationDefaults defaults,
         IImageFeatureCache? imageCache,
         string modelIdentity,
+        Func<TokenVocabulary> vocabulary,
         CancellationToken cancellationToken)
     {
         options.Validate();
@@ -30,11 +32,14 @@ internal static class LlavaGenerator
             throw new ContextLengthExceededException(promptLength, maxNew, context);
         }
 
-        var pruning = options.Pruning is { Enabled: true } p ? p : null;
+        // Pruning layers beyond the model's depth are clamped to it (the report names the layers used).
+        var pruning = options.Pruning is { Enabled: true } p ? p.FitTo(model.Config.Text.NumHiddenLayers) : null;
         pruning?.Validate(model.Config.Text.NumHiddenLayers);
         var pruner = pruning is null ? null : new ContextPruner(pruning, prompt.Layout);
         var temperature = options.Temperature ?? (defaults.DoSample ? defaults.Temperature : 0f);
         using var sampler = new Sampler(temperature, options.TopK ?? defaults.TopK, options.TopP ?? defaults.TopP, options.Seed);
+        // Penalties and the output constraint run on the host; null (neither asked for) keeps sampling on the device.
+        var pipeline = LogitsPipeline.Create(options.FrequencyPenalty, options.PresencePenalty, options.RepetitionPenalty, options.Constraint, vocabulary, prompt.InputIds, maxNew);
         var eos = defaults.EosTokenIds.ToHashSet();
         var stops = new StopSequenceFilter(options.StopSequences);
         var text = tokenizer.CreateStreamDecoder();
@@ -57,7 +62,7 @@ internal static class LlavaGenerator
             var hidden = model.ForwardPrompt(prompt.InputIds, images, cache, pruner);
             // The last prompt token is protected, so it is the last row whatever was pruned.
             var logits = model.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1))[0, 0];
-            next = maxNew == 0 ? -1 : sampler.Next(logits);
+            next = maxNew == 0 ? -1 : sampler.Next(logits, pipeline, maxNew);
             prefillMs = watch.Elapsed.TotalMilliseconds;
         }
 
@@ -95,7 +100,7 @@ internal static class LlavaGenerator
                 var embeds = model.EmbedTokens(ids);
                 var positions = torch.full([1, 1], promptLength + step, ScalarType.Int64, model.Device);
                 var hidden = model.language_model.forward(embeds, positions, cache);
-                next = sampler.Next(model.Logits(hidden)[0, 0]);
+                next = sampler.Next(model.Logits(hidden)[0, 0], pipeline, maxNew - step - 1);
             }
 
             yield return new GenerationUpdate(output[^1], delta);

@@ -1,3 +1,4 @@
+using PruneKernel.Sampling;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -52,6 +53,40 @@ internal sealed class Sampler : IDisposable
 
         var probabilities = scores.softmax(0);
         return (int)torch.multinomial(probabilities, 1, generator: _generator).item<long>();
+    }
+
+    /// <summary>
+    /// Picks the next id through a request's host-side <paramref name="pipeline"/> (penalties, constraint mask), when it has
+    /// one: the row is copied to the host, processed, then picked greedily (first maximum, as argmax) or sampled as above;
+    /// the pipeline sees the pick. <paramref name="remainingTokens"/> counts this pick.
+    /// </summary>
+    public int Next(Tensor logits, LogitsPipeline? pipeline, int remainingTokens)
+    {
+        if (pipeline is null)
+        {
+            return Next(logits);
+        }
+
+        var row = new float[logits.shape[0]];
+        using (var host = logits.to(ScalarType.Float32, torch.CPU))
+        {
+            host.data<float>().CopyTo(row);
+        }
+
+        pipeline.Process(row, remainingTokens);
+        int pick;
+        if (IsGreedy)
+        {
+            pick = LogitsPipeline.ArgMax(row);
+        }
+        else
+        {
+            using var processed = torch.tensor(row);
+            pick = Next(processed);
+        }
+
+        pipeline.Accept(pick);
+        return pick;
     }
 
     public void Dispose() => _generator?.Dispose();
