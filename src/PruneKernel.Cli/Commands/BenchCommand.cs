@@ -89,6 +89,8 @@ internal static class BenchCommand
                         "once" => new ContextPruningOptions { Rate = r.GetValue(rate), Layers = r.GetValue(layers), Schedule = PruningSchedule.Once },
                         _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
                     };
+                    // The paper's 10 layers on a shallower shape (tiny has 4) prune in all of its layers; the record names them.
+                    pruning = pruning?.FitTo(config.NumHiddenLayers);
                     pruning?.Validate(config.NumHiddenLayers);
                     if (pruning is not null && r.GetValue(batch) != 1)
                     {

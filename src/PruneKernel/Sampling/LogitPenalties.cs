@@ -25,7 +25,7 @@ public static class LogitPenalties
     public static void ApplyRepetition(Span<float> logits, IEnumerable<int> seen, float penalty)
     {
         ArgumentNullException.ThrowIfNull(seen);
-        foreach (var id in seen)
+        foreach (var id in seen as IReadOnlySet<int> ?? new HashSet<int>(seen))
         {
             if (id >= 0 && id < logits.Length)
             {
