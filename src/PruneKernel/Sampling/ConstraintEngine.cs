@@ -25,6 +25,7 @@ internal sealed class ConstraintEngine
     private readonly TokenTrie _trie;
     private readonly ConcurrentDictionary<string, int> _spelling = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<ParseState, MaskEntry> _masks = new();
+    private readonly ConcurrentDictionary<ParseStack, int> _costs = new();
 
     private readonly int _maxDepth;
     private int _misses;
@@ -52,7 +53,19 @@ internal sealed class ConstraintEngine
             return stack.CachedCost;
         }
 
-        var cost = Spell(stack.Completion());
+        // Equal stacks are rebuilt often (a character spread over bytes returns to the same string state): look them up
+        // by value before spelling their completion again.
+        if (!_costs.TryGetValue(stack, out var cost))
+        {
+            cost = Spell(stack.Completion());
+            if (_costs.Count >= MaxCachedStates * 4)
+            {
+                _costs.Clear();
+            }
+
+            _costs.TryAdd(stack, cost);
+        }
+
         stack.CachedCost = cost;
         return cost;
     }
@@ -128,11 +141,21 @@ internal sealed class ConstraintEngine
     {
         var builder = new MaskBuilder(_vocabulary.Count, IsComplete(state));
         var buffers = new List<ParseStack>[_maxDepth + 1];
-        Walk(0, state.Configs, 0, state.AtStart, buffers, builder);
+        // Inside a free string, most tokens are plain text that leaves the state as it is: found in whole subtrees.
+        var inString = state.Configs is [{ Top: StringFrame { Phase: StringPhase.Content } } only] && !state.AtStart ? only : null;
+        Walk(0, state.Configs, 0, state.AtStart, inString, inString is null ? 0 : Cost(inString), buffers, builder);
         return builder.Build(_trie.Order);
     }
 
-    private void Walk(int node, IReadOnlyList<ParseStack> configs, int depth, bool atStart, List<ParseStack>[] buffers, MaskBuilder builder)
+    /// <param name="node">The trie node reached.</param>
+    /// <param name="configs">The parse configurations after its bytes.</param>
+    /// <param name="depth">Its depth.</param>
+    /// <param name="atStart">The output has not started (a leading space is dropped).</param>
+    /// <param name="rootString">While the walk is still inside the free string it started in: that state.</param>
+    /// <param name="rootCost">The cost of <paramref name="rootString"/>.</param>
+    /// <param name="buffers">One configuration list per depth.</param>
+    /// <param name="builder">Collects the allowed tokens.</param>
+    private void Walk(int node, IReadOnlyList<ParseStack> configs, int depth, bool atStart, ParseStack? rootString, int rootCost, List<ParseStack>[] buffers, MaskBuilder builder)
     {
         var next = buffers[depth] ??= new List<ParseStack>(4);
         var first = _trie.FirstEdge(node);
@@ -160,6 +183,7 @@ internal sealed class ConstraintEngine
             }
 
             ParseState.Deduplicate(next);
+            var stillInRoot = rootString is not null && next.Count == 1 && next[0].Top is StringFrame && ReferenceEquals(next[0].Below, rootString.Below);
             var tokensHere = _trie.TokenEnd[child] > _trie.TokenStart[child];
             var cost = -1;
             if (tokensHere)
@@ -168,14 +192,24 @@ internal sealed class ConstraintEngine
                 builder.AddRange(_trie.TokenStart[child], _trie.TokenEnd[child], cost);
             }
 
-            if (next.Count == 1 && _trie.SubtreeEnd[child] > _trie.TokenEnd[child] && AllowsSubtree(next[0].Top, child))
+            if (_trie.SubtreeEnd[child] > _trie.TokenEnd[child])
             {
-                // Every token below continues the same free string or free text and leaves the state unchanged.
-                builder.AddRange(_trie.TokenEnd[child], _trie.SubtreeEnd[child], cost >= 0 ? cost : MinCost(next));
-                continue;
+                if (stillInRoot && _trie.WholePlainBelow[child])
+                {
+                    // Every token below is plain text as a whole: from the string the walk started in, back to it.
+                    builder.AddRange(_trie.TokenEnd[child], _trie.SubtreeEnd[child], rootCost);
+                    continue;
+                }
+
+                if (next.Count == 1 && AllowsSubtree(next[0].Top, child))
+                {
+                    // Every token below continues the same free string or free text and leaves the state unchanged.
+                    builder.AddRange(_trie.TokenEnd[child], _trie.SubtreeEnd[child], cost >= 0 ? cost : MinCost(next));
+                    continue;
+                }
             }
 
-            Walk(child, next, depth + 1, atStart: false, buffers, builder);
+            Walk(child, next, depth + 1, atStart: false, stillInRoot ? rootString : null, rootCost, buffers, builder);
         }
     }
 

@@ -82,7 +82,7 @@ internal sealed class TokenTrie
             }
         }
 
-        PlainBelow = ComputePlainBelow(tokens, ids, count);
+        (PlainBelow, WholePlainBelow) = ComputePlainBelow(tokens, ids, count);
         NodeCount = count;
     }
 
@@ -110,6 +110,13 @@ internal sealed class TokenTrie
     /// subtree is allowed as a whole and leaves the parser where it was.
     /// </summary>
     public bool[] PlainBelow { get; }
+
+    /// <summary>
+    /// Whether every token strictly below a node is, as a whole, plain JSON string content. While a walk that started
+    /// inside a free string is still in that string, such a subtree is allowed as a whole and ends where the walk started
+    /// (this also covers the middle of a multi-byte character, where <see cref="PlainBelow"/> cannot hold).
+    /// </summary>
+    public bool[] WholePlainBelow { get; }
 
     public int FirstEdge(int node) => _firstEdge[node];
 
@@ -183,13 +190,16 @@ internal sealed class TokenTrie
         return best[text.Length];
     }
 
-    private bool[] ComputePlainBelow(IReadOnlyList<byte[]?> tokens, int[] ids, int count)
+    private (bool[] Suffix, bool[] Whole) ComputePlainBelow(IReadOnlyList<byte[]?> tokens, int[] ids, int count)
     {
         var plain = new bool[count];
+        var whole = new bool[count];
         Array.Fill(plain, true);
+        Array.Fill(whole, true);
         foreach (var id in ids)
         {
             var bytes = tokens[id]!;
+            var wholePlain = IsPlainText(bytes);
             var node = 0;
             for (var k = 0; k < bytes.Length; k++)
             {
@@ -199,11 +209,16 @@ internal sealed class TokenTrie
                     plain[node] = false;
                 }
 
+                if (!wholePlain)
+                {
+                    whole[node] = false;
+                }
+
                 node = Child(node, bytes[k]);
             }
         }
 
-        return plain;
+        return (plain, whole);
     }
 
     /// <summary>Whole, valid UTF-8 characters with no quote, backslash or control character.</summary>

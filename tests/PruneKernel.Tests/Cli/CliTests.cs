@@ -134,6 +134,30 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task BenchClampsThePapersTenLayersToATinyShape()
+    {
+        // The tiny shape has 4 layers; the default --prune-layers 10 prunes in all of them and says so.
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "8",
+            "--iterations", "1", "--warmup", "0", "--decode-tokens", "0", "--pruning", "progressive");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("\"pruning\":\"progressive-0.3x4\"", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task BenchConstraintsWritesJsonAndATable()
+    {
+        var output = Path.Combine(Directory.CreateTempSubdirectory("pk-bc-").FullName, "constraints.json");
+        var (code, stdout, stderr) = await Run("bench-constraints", "--tokenizer", Model, "--requests", "2", "--max-tokens", "24", "--output", output);
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(File.ReadAllText(output));
+        var workloads = json.RootElement.GetProperty("workloads").EnumerateArray().ToList();
+        Assert.Equal(["json-object", "schema-5-fields"], workloads.Select(w => w.GetProperty("name").GetString()));
+        Assert.All(workloads, w => Assert.True(w.GetProperty("warm_ms_per_token_mean").GetDouble() > 0));
+        Assert.Contains("| schema-5-fields |", File.ReadAllText(Path.ChangeExtension(output, ".md")), StringComparison.Ordinal);
+        Assert.Contains("mask + accept", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GenerateTakesVideoFramesOnAVideoModel()
     {
         var frames = new[] { "img00.png", "img03.png" }.Select(f => Fixtures.Path("images", f)).ToArray();

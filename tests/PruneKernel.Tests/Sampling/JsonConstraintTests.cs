@@ -255,10 +255,19 @@ public sealed class JsonConstraintTests : IClassFixture<JsonConstraintTests.Llam
     [InlineData("""{"$ref":"https://example.com/s.json"}""", "$ref")]
     [InlineData("""{"type":"object","properties":{"a":{"$ref":"#/properties/a"}},"required":["a"]}""", "no finite value")]
     [InlineData("""{"type":"integer","enum":["x"]}""", "enum")]
+    [InlineData("""{"type":"string","nullable":true,"minLength":1}""", "minLength")]
     public void UnsupportedSchemasAreNamed(string schema, string word)
     {
         var e = Assert.Throws<UnsupportedConstraintException>(() => JsonOutputConstraint.FromSchema(schema));
         Assert.Contains(word, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void UnknownKeywordsAreAnnotations()
+    {
+        // Semantic Kernel writes descriptions as "condition"; the specification treats unknown keywords as annotations.
+        var constraint = JsonOutputConstraint.FromSchema("""{"type":"object","condition":"Describes a shape.","x-vendor":{"a":1},"properties":{"shape":{"type":"string","condition":"The shape"}},"required":["shape"]}""");
+        Assert.Equal("""{"shape":""}""", constraint.ShortestOutput);
     }
 
     [Fact]
@@ -277,20 +286,45 @@ public sealed class JsonConstraintTests : IClassFixture<JsonConstraintTests.Llam
     [Fact]
     public void MaskAndAcceptCostWellUnderTheBudgetPerToken()
     {
-        // A coarse guard for CI (2 shared cores); `prunekernel bench --constraints` measures it properly.
+        // A coarse guard for CI (2 shared cores, other tests running); `prunekernel bench-constraints` measures it properly.
         var constraint = JsonOutputConstraint.FromSchema(FiveFieldSchema);
         var rng = new Random(3);
-        Walk(constraint, _llama.Vocabulary, 200, rng); // warm the cache as a running service would be
-        var watch = Stopwatch.StartNew();
+        var logits = new float[_llama.Vocabulary.Count];
+        var noise = new float[logits.Length];
+        var spent = TimeSpan.Zero;
         var tokens = 0;
-        for (var walk = 0; walk < 20; walk++)
+        for (var request = 0; request < 12; request++)
         {
-            tokens += Walk(constraint, _llama.Vocabulary, 120, rng, countOnly: true).Ids.Count;
+            var state = constraint.Start(_llama.Vocabulary);
+            for (var remaining = 100; remaining > 0; remaining--)
+            {
+                for (var i = 0; i < noise.Length; i++)
+                {
+                    noise[i] = (float)rng.NextDouble();
+                }
+
+                noise.CopyTo(logits, 0);
+                var start = Stopwatch.GetTimestamp();
+                state.MaskLogits(logits, remaining);
+                var pick = LogitsPipeline.ArgMax(logits);
+                state.Accept(pick);
+                if (request > 0)
+                {
+                    // The first request fills the mask cache, as a service's first request would.
+                    spent += Stopwatch.GetElapsedTime(start);
+                    tokens++;
+                }
+
+                if (_llama.Vocabulary.IsEndOfSequence(pick))
+                {
+                    break;
+                }
+            }
         }
 
-        var perToken = watch.Elapsed.TotalMilliseconds / tokens;
-        TestContext.Current.SendDiagnosticMessage($"mask+accept: {perToken:F3} ms/token over {tokens} tokens");
-        Assert.True(perToken < 2, $"{perToken:F3} ms per token");
+        var perToken = spent.TotalMilliseconds / tokens;
+        TestContext.Current.SendDiagnosticMessage($"mask+accept+argmax: {perToken:F3} ms/token over {tokens} tokens");
+        Assert.True(perToken < 1, $"{perToken:F3} ms per token");
     }
 
     private static void Replay(JsonTokenConstraint probe, JsonTokenConstraint reference, int id)

@@ -215,7 +215,7 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
             var settings = new PromptExecutionSettings
             {
                 FunctionChoiceBehavior = required ? FunctionChoiceBehavior.Required() : FunctionChoiceBehavior.Auto(),
-                ExtensionData = new Dictionary<string, object> { ["max_tokens"] = 24, ["temperature"] = 1.2, ["seed"] = (long)seed },
+                ExtensionData = new Dictionary<string, object> { ["max_tokens"] = 48, ["temperature"] = 1.2, ["seed"] = (long)seed },
             };
             var history = History("Describe the shape.");
             var reply = await service.GetChatMessageContentAsync(history, settings, kernel);

@@ -7,19 +7,25 @@ namespace PruneKernel.Sampling;
 /// Compiles a JSON schema into <see cref="GrammarNode"/>s. Supported: type (one or a list), properties, required,
 /// additionalProperties (false, true or a schema), enum, const, items, minItems, maxItems, anyOf, local $ref
 /// ("#/..." into the same document, recursion included), boolean schemas. Annotations (title, description, default,
-/// examples, $schema, $id, $comment, readOnly, writeOnly, deprecated) and $defs/definitions are accepted and change
-/// nothing. Any other keyword is an <see cref="UnsupportedConstraintException"/> that names it and where it is.
+/// examples, $schema, $id, $comment, readOnly, writeOnly, deprecated), $defs/definitions and keywords the specification
+/// does not define (vendor annotations such as Semantic Kernel's "condition") are accepted and change nothing, as the
+/// specification says of unknown keywords. A validation keyword that cannot be enforced (pattern, format, minLength,
+/// minimum, oneOf, ...) is an <see cref="UnsupportedConstraintException"/> that names it and where it is.
 /// </summary>
 internal sealed class JsonSchemaCompiler
 {
-    private static readonly HashSet<string> Annotations = new(StringComparer.Ordinal)
-    {
-        "$schema", "$id", "$comment", "$anchor", "title", "description", "default", "examples", "readOnly", "writeOnly", "deprecated", "$defs", "definitions",
-    };
-
     private static readonly HashSet<string> Supported = new(StringComparer.Ordinal)
     {
         "type", "properties", "required", "additionalProperties", "enum", "const", "items", "minItems", "maxItems", "anyOf", "$ref",
+    };
+
+    /// <summary>Validation keywords of JSON Schema (draft 4 to 2020-12) that constrained decoding does not enforce.</summary>
+    private static readonly HashSet<string> Unsupported = new(StringComparer.Ordinal)
+    {
+        "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "prefixItems", "contains", "minContains", "maxContains", "uniqueItems", "unevaluatedItems", "additionalItems",
+        "patternProperties", "propertyNames", "minProperties", "maxProperties", "dependentRequired", "dependentSchemas",
+        "dependencies", "unevaluatedProperties", "allOf", "oneOf", "not", "if", "then", "else", "$dynamicRef", "$recursiveRef",
     };
 
     private readonly JsonElement _root;
@@ -64,14 +70,14 @@ internal sealed class JsonSchemaCompiler
 
         foreach (var property in schema.EnumerateObject())
         {
-            if (!Annotations.Contains(property.Name) && !Supported.Contains(property.Name))
+            if (Unsupported.Contains(property.Name))
             {
                 throw new UnsupportedConstraintException(
                     $"JSON schema keyword '{property.Name}' (at {pointer}) is not supported by constrained decoding; supported: {string.Join(", ", Supported.Order(StringComparer.Ordinal))}.");
             }
         }
 
-        var keywords = schema.EnumerateObject().Select(p => p.Name).Where(n => !Annotations.Contains(n)).ToList();
+        var keywords = schema.EnumerateObject().Select(p => p.Name).Where(Supported.Contains).ToList();
         if (schema.TryGetProperty("$ref", out var reference))
         {
             if (keywords.Count > 1)
@@ -234,7 +240,7 @@ internal sealed class JsonSchemaCompiler
         }
 
         var unsupported = schema.EnumerateObject().Select(p => p.Name)
-            .Where(n => !Annotations.Contains(n) && n is not ("enum" or "const" or "type")).ToList();
+            .Where(n => Supported.Contains(n) && n is not ("enum" or "const" or "type")).ToList();
         if (unsupported.Count > 0)
         {
             throw new UnsupportedConstraintException($"JSON schema at {pointer}: '{unsupported[0]}' next to enum/const is not supported.");
