@@ -90,8 +90,7 @@ public static class PruneKernelSemanticKernelExtensions
             services.AddKeyedSingleton<IChatClient>(serviceId, (provider, _) => provider.GetRequiredKeyedService<IChatClient>(chatClientKey));
         }
 
-        services.AddKeyedSingleton(serviceId, (provider, _) =>
-            new PruningSettingsChatClient(provider.GetRequiredKeyedService<IChatClient>(chatClientKey)).AsChatCompletionService(provider));
+        services.AddKeyedSingleton(serviceId, (provider, _) => CompletionService(provider.GetRequiredKeyedService<IChatClient>(chatClientKey), provider));
         return services;
     }
 
@@ -145,8 +144,14 @@ public static class PruneKernelSemanticKernelExtensions
     {
         services.AddKeyedSingleton(serviceId, (provider, _) => factory(provider));
         services.AddKeyedSingleton<IChatClient>(serviceId, (provider, key) => provider.GetRequiredKeyedService<LvlmChatClient>(key));
-        services.AddKeyedSingleton(serviceId, (provider, key) =>
-            new PruningSettingsChatClient(provider.GetRequiredKeyedService<LvlmChatClient>(key)).AsChatCompletionService(provider));
+        services.AddKeyedSingleton(serviceId, (provider, key) => CompletionService(provider.GetRequiredKeyedService<LvlmChatClient>(key), provider));
         return services;
     }
+
+    /// <summary>
+    /// The chat completion service over a client: pruning settings normalised, and Semantic Kernel's function invocation
+    /// in the pipeline, so FunctionChoiceBehavior's auto-invocation runs the kernel functions the model calls.
+    /// </summary>
+    private static IChatCompletionService CompletionService(IChatClient client, IServiceProvider provider) =>
+        new PruningSettingsChatClient(client).AsBuilder().UseKernelFunctionInvocation(provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()).Build(provider).AsChatCompletionService(provider);
 }

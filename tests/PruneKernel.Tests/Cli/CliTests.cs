@@ -99,9 +99,13 @@ public sealed class CliTests
     {
         var plain = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--max-new-tokens", "2", "--format", "json");
         Assert.Equal(JsonValueKind.Null, JsonDocument.Parse(plain.Out).RootElement.GetProperty("pruning").ValueKind);
-        var (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10");
+        // The paper's 10 layers on the 3-layer fixture clamp to its depth, and the report says which layers ran.
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10", "--max-new-tokens", "1", "--format", "json");
+        Assert.True(code == 0, stderr);
+        Assert.Equal(3, JsonDocument.Parse(stdout).RootElement.GetProperty("pruning").GetProperty("layers").GetArrayLength());
+        (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "0");
         Assert.Equal(2, code);
-        Assert.Contains("decoder layers", stderr, StringComparison.Ordinal);
+        Assert.Contains("pruning layer", stderr, StringComparison.Ordinal);
         (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-rate", "1.5", "--prune-layers", "2");
         Assert.Equal(2, code);
         Assert.Contains("rate", stderr, StringComparison.OrdinalIgnoreCase);
