@@ -12,6 +12,7 @@ internal static class CliApp
         root.Add(GenerateCommand.Create());
         root.Add(ChatCommand.Create());
         root.Add(BenchCommand.Create());
+        root.Add(ConstraintBenchCommand.Create());
         root.Add(TrainCommand.Create());
         root.Add(DatasetCommand.Create());
         root.Add(EvalCommand.Create());

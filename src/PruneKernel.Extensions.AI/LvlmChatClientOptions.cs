@@ -29,6 +29,39 @@ public sealed class LvlmChatClientOptions
 
     /// <summary>Bytes of encoded image features kept between requests (0 disables the cache).</summary>
     public long ImageCacheBytes { get; set; } = 256L * 1024 * 1024;
+
+    /// <summary>
+    /// Bytes of cached keys and values (the model's own attention cache of earlier requests) reused when a request resends
+    /// a history that starts the same way; 0 turns it off. Null: 512 MiB on the CPU, 2 GiB on CUDA
+    /// (<see cref="EngineOptions.PrefixCacheBytes"/>).
+    /// </summary>
+    public long? PrefixCacheBytes { get; set; }
+
+    /// <summary>What pruned requests reuse from the prefix cache (<see cref="EngineOptions.PrunedPrefixReuse"/>).</summary>
+    public PrunedPrefixReuse PrunedPrefixReuse { get; set; } = PrunedPrefixReuse.Exact;
+
+    /// <summary>Most requests decoded together (<see cref="EngineOptions.MaxBatchSize"/>, default 8).</summary>
+    public int MaxBatchSize { get; set; } = 8;
+
+    /// <summary>Most requests waiting; one more fails at once with <see cref="EngineOverloadedException"/> (default 256).</summary>
+    public int MaxQueuedRequests { get; set; } = 256;
+
+    /// <summary>Most tokens (prompt plus output budget) admitted at once; 0: no limit of its own (<see cref="EngineOptions.MaxTokensInFlight"/>).</summary>
+    public long MaxTokensInFlight { get; set; }
+
+    /// <summary>Replay decoding steps from CUDA graphs where possible (default on).</summary>
+    public bool CudaGraphs { get; set; } = true;
+
+    /// <summary>The engine settings these options describe.</summary>
+    public EngineOptions ToEngineOptions() => new()
+    {
+        PrefixCacheBytes = PrefixCacheBytes,
+        PrunedPrefixReuse = PrunedPrefixReuse,
+        MaxBatchSize = MaxBatchSize,
+        MaxQueuedRequests = MaxQueuedRequests,
+        MaxTokensInFlight = MaxTokensInFlight,
+        CudaGraphs = CudaGraphs,
+    };
 }
 
 /// <summary>A message part the local model cannot take (audio, unknown media types, undecodable images, ...).</summary>

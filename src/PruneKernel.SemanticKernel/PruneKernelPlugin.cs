@@ -93,15 +93,6 @@ public sealed class PruneKernelPlugin
     }
 
     /// <summary>Caps the pruning layers at the model's depth (the defaults assume a 32-layer model).</summary>
-    private ContextPruningOptions FitToModel(ContextPruningOptions pruning)
-    {
-        if (_model is null)
-        {
-            return pruning;
-        }
-
-        var depth = _model.Config.Text.NumHiddenLayers;
-        var start = Math.Min(pruning.StartLayer, depth - 1);
-        return pruning with { StartLayer = start, Layers = Math.Clamp(pruning.Layers, 1, depth - start) };
-    }
+    private ContextPruningOptions FitToModel(ContextPruningOptions pruning) =>
+        _model is null ? pruning : pruning.FitTo(_model.Config.Text.NumHiddenLayers);
 }

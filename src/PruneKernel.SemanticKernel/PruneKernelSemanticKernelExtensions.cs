@@ -1,4 +1,5 @@
 using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.SemanticKernel.ChatCompletion;
 using PruneKernel;
@@ -47,6 +48,65 @@ public static class PruneKernelSemanticKernelExtensions
     }
 
     /// <summary>
+    /// Same, with the client settings bound from a configuration section (for example "PruneKernel" in appsettings.json:
+    /// ModelPath, Device, DType, ModelId, DefaultMaxOutputTokens, ...).
+    /// </summary>
+    /// <param name="builder">The kernel builder.</param>
+    /// <param name="section">The configuration section.</param>
+    /// <param name="serviceId">Key of the registrations; null registers them unkeyed.</param>
+    /// <returns>The same builder.</returns>
+    public static IKernelBuilder AddPruneKernelChatCompletion(this IKernelBuilder builder, IConfiguration section, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddPruneKernelChatCompletion(section, serviceId);
+        return builder;
+    }
+
+    /// <summary>Same as the kernel-builder overload, on a service collection.</summary>
+    /// <param name="services">The services.</param>
+    /// <param name="section">The configuration section.</param>
+    /// <param name="serviceId">Key of the registrations; null registers them unkeyed.</param>
+    /// <returns>The same services.</returns>
+    public static IServiceCollection AddPruneKernelChatCompletion(this IServiceCollection services, IConfiguration section, string? serviceId = null)
+    {
+        ArgumentNullException.ThrowIfNull(section);
+        return services.AddPruneKernelChatCompletion(section.Bind, serviceId);
+    }
+
+    /// <summary>
+    /// Registers the chat completion service over the <see cref="IChatClient"/> already in the container (the one
+    /// <c>AddPruneKernelChatClient</c> registered, middleware included), so Semantic Kernel and Microsoft.Extensions.AI
+    /// callers share one loaded model instead of each loading a copy.
+    /// </summary>
+    /// <param name="services">The services, which must hold an <see cref="IChatClient"/> (keyed by <paramref name="chatClientKey"/> when given).</param>
+    /// <param name="serviceId">Key of the chat completion service (and, when it differs from <paramref name="chatClientKey"/>, of a keyed <see cref="IChatClient"/> alias for the plugin).</param>
+    /// <param name="chatClientKey">Key of the existing chat client; null for the unkeyed one.</param>
+    /// <returns>The same services.</returns>
+    public static IServiceCollection AddPruneKernelChatCompletionFromChatClient(this IServiceCollection services, string? serviceId = null, object? chatClientKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        if (!Equals(serviceId, chatClientKey))
+        {
+            services.AddKeyedSingleton<IChatClient>(serviceId, (provider, _) => provider.GetRequiredKeyedService<IChatClient>(chatClientKey));
+        }
+
+        services.AddKeyedSingleton(serviceId, (provider, _) => CompletionService(provider.GetRequiredKeyedService<IChatClient>(chatClientKey), provider));
+        return services;
+    }
+
+    /// <summary>Same as the service-collection overload, on a kernel builder.</summary>
+    /// <param name="builder">The kernel builder.</param>
+    /// <param name="serviceId">Key of the chat completion service.</param>
+    /// <param name="chatClientKey">Key of the existing chat client; null for the unkeyed one.</param>
+    /// <returns>The same builder.</returns>
+    public static IKernelBuilder AddPruneKernelChatCompletionFromChatClient(this IKernelBuilder builder, string? serviceId = null, object? chatClientKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddPruneKernelChatCompletionFromChatClient(serviceId, chatClientKey);
+        return builder;
+    }
+
+    /// <summary>
     /// Registers the chat completion service over an already loaded model, which the caller keeps owning (useful when
     /// several kernels or clients share one model).
     /// </summary>
@@ -64,8 +124,9 @@ public static class PruneKernelSemanticKernelExtensions
     }
 
     /// <summary>
-    /// Adds <see cref="PruneKernelPlugin"/> over the <see cref="LvlmChatClient"/> registered with the same
-    /// <paramref name="serviceId"/> by <c>AddPruneKernelChatCompletion</c>.
+    /// Adds <see cref="PruneKernelPlugin"/> over the <see cref="IChatClient"/> registered with the same
+    /// <paramref name="serviceId"/> by <c>AddPruneKernelChatCompletion</c> (or the shared one of
+    /// <c>AddPruneKernelChatCompletionFromChatClient</c>).
     /// </summary>
     /// <param name="plugins">The kernel builder's plugins.</param>
     /// <param name="pluginName">Name of the plugin in the kernel.</param>
@@ -75,7 +136,7 @@ public static class PruneKernelSemanticKernelExtensions
     {
         ArgumentNullException.ThrowIfNull(plugins);
         plugins.Services.AddSingleton(provider =>
-            KernelPluginFactory.CreateFromObject(new PruneKernelPlugin(provider.GetRequiredKeyedService<LvlmChatClient>(serviceId)), pluginName));
+            KernelPluginFactory.CreateFromObject(new PruneKernelPlugin(provider.GetRequiredKeyedService<IChatClient>(serviceId)), pluginName));
         return plugins;
     }
 
@@ -83,8 +144,14 @@ public static class PruneKernelSemanticKernelExtensions
     {
         services.AddKeyedSingleton(serviceId, (provider, _) => factory(provider));
         services.AddKeyedSingleton<IChatClient>(serviceId, (provider, key) => provider.GetRequiredKeyedService<LvlmChatClient>(key));
-        services.AddKeyedSingleton(serviceId, (provider, key) =>
-            new PruningSettingsChatClient(provider.GetRequiredKeyedService<LvlmChatClient>(key)).AsChatCompletionService(provider));
+        services.AddKeyedSingleton(serviceId, (provider, key) => CompletionService(provider.GetRequiredKeyedService<LvlmChatClient>(key), provider));
         return services;
     }
+
+    /// <summary>
+    /// The chat completion service over a client: pruning settings normalised, and Semantic Kernel's function invocation
+    /// in the pipeline, so FunctionChoiceBehavior's auto-invocation runs the kernel functions the model calls.
+    /// </summary>
+    private static IChatCompletionService CompletionService(IChatClient client, IServiceProvider provider) =>
+        new PruningSettingsChatClient(client).AsBuilder().UseKernelFunctionInvocation(provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()).Build(provider).AsChatCompletionService(provider);
 }

@@ -6,6 +6,7 @@ using PruneKernel.Generation;
 using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
 using PruneKernel.Runtime;
+using PruneKernel.Sampling;
 using PruneKernel.Text;
 using PruneKernel.Vision;
 using TorchSharp;
@@ -51,8 +52,11 @@ public sealed class Lvlm : IDisposable
         ImageProcessor = imageProcessor;
         GenerationDefaults = defaults;
         _anyRes = config.ImageGridPinpoints is { } pinpoints ? new AnyResImageProcessor(imageProcessor, pinpoints) : null;
-        _engine = new GenerationEngine(model, tokenizer, defaults, engine, () => ImageFeatureCache, Identity);
+        _vocabulary = new Lazy<TokenVocabulary>(() => new TokenVocabulary(tokenizer, defaults.EosTokenIds), LazyThreadSafetyMode.ExecutionAndPublication);
+        _engine = new GenerationEngine(model, tokenizer, defaults, engine, () => ImageFeatureCache, Identity, () => Vocabulary);
     }
+
+    private readonly Lazy<TokenVocabulary> _vocabulary;
 
     private readonly AnyResImageProcessor? _anyRes;
 
@@ -73,6 +77,12 @@ public sealed class Lvlm : IDisposable
 
     /// <summary>generation_config.json's defaults.</summary>
     public GenerationDefaults GenerationDefaults { get; }
+
+    /// <summary>
+    /// What each token contributes to the output, for output constraints (<see cref="GenerationOptions.Constraint"/>);
+    /// built on first use, with generation_config.json's end-of-sequence ids.
+    /// </summary>
+    public TokenVocabulary Vocabulary => _vocabulary.Value;
 
     /// <summary>
     /// This model's own dynamic pruning rate, fitted by <c>prunekernel eval</c> to its rate sweep and kept in the model
@@ -373,6 +383,7 @@ public sealed class Lvlm : IDisposable
     internal PruningReport Prefill(LvlmPrompt prompt, ContextPruningOptions options, Action<int, double[]>? candidateScores = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        options = options.FitTo(Config.Text.NumHiddenLayers);
         options.Validate(Config.Text.NumHiddenLayers);
         return _engine.RunExclusive(() =>
         {

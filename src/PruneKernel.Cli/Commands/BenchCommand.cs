@@ -166,17 +166,13 @@ internal static class BenchCommand
     }
 
     /// <summary>The paper's settings for a mode, clamped to the model's depth (the report names the layers used).</summary>
-    private static ContextPruningOptions? Pruning(string mode, Settings settings, int depth)
+    private static ContextPruningOptions? Pruning(string mode, Settings settings, int depth) => mode switch
     {
-        var layers = Math.Min(settings.PruneLayers, depth);
-        return mode switch
-        {
-            "off" => null,
-            "progressive" => new ContextPruningOptions { Rate = settings.Rate, Layers = layers },
-            "once" => new ContextPruningOptions { Rate = settings.Rate, Layers = layers, Schedule = PruningSchedule.Once },
-            _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
-        };
-    }
+        "off" => null,
+        "progressive" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers }.FitTo(depth),
+        "once" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers, Schedule = PruningSchedule.Once }.FitTo(depth),
+        _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
+    };
 
     private static string FindDemoModel()
     {

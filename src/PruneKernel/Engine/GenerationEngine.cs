@@ -30,7 +30,7 @@ internal sealed class GenerationEngine : IDisposable
     private readonly Queue<(Action Run, Action<Exception> Fail)> _exclusive = new();
     private readonly List<Sequence> _active = [];
     private readonly SemaphoreSlim _wake = new(0);
-    private readonly Lazy<TokenVocabulary> _vocabulary;
+    private readonly Func<TokenVocabulary> _vocabulary;
     private Thread? _thread;
     private IDecodeStep? _decoder;
     private PrefixCache? _prefixCache;
@@ -38,11 +38,11 @@ internal sealed class GenerationEngine : IDisposable
     private long _nextId;
 
     public GenerationEngine(LlavaForConditionalGeneration model, LlamaTextTokenizer tokenizer, GenerationDefaults defaults,
-        EngineOptions options, Func<IImageFeatureCache?> imageCache, string identity)
+        EngineOptions options, Func<IImageFeatureCache?> imageCache, string identity, Func<TokenVocabulary> vocabulary)
     {
         options.Validate();
         (_model, _tokenizer, _defaults, _options, _imageCache, _identity) = (model, tokenizer, defaults, options, imageCache, identity);
-        _vocabulary = new Lazy<TokenVocabulary>(() => new TokenVocabulary(tokenizer, defaults.EosTokenIds));
+        _vocabulary = vocabulary;
         _tag = EngineMetrics.Tag(identity);
         EngineMetrics.Register(this, identity);
     }
@@ -114,10 +114,12 @@ internal sealed class GenerationEngine : IDisposable
             throw new ArgumentException("The prompt has no tokens.", nameof(prompt));
         }
 
-        var pruning = options.Pruning is { Enabled: true } p ? p : null;
+        // The paper's defaults (10 layers) on a shallower model prune every layer it has; the report names them.
+        var pruning = options.Pruning is { Enabled: true } p ? p.FitTo(_model.Config.Text.NumHiddenLayers) : null;
         pruning?.Validate(_model.Config.Text.NumHiddenLayers);
-        var constraint = options.Constraint?.Start(_vocabulary.Value);
-        var sampler = new TokenSampler(options, _defaults, prompt.InputIds, constraint);
+        var pipeline = LogitsPipeline.Create(options.FrequencyPenalty, options.PresencePenalty, options.RepetitionPenalty, options.Constraint,
+            _vocabulary, prompt.InputIds, maxNew);
+        var sampler = new TokenSampler(options, _defaults, pipeline);
         cancellationToken.ThrowIfCancellationRequested();
         var sequence = new Sequence(Interlocked.Increment(ref _nextId), prompt, options, maxNew, _defaults, _tokenizer, sampler, pruning, conversationId);
         if (_options.MaxTokensInFlight > 0 && sequence.TokenBudget > _options.MaxTokensInFlight)

@@ -246,10 +246,8 @@ internal sealed class PrefixCache(long capacityBytes) : IDisposable
             }
         }
 
-        entry.LastUse = ++_clock;
-        _entries.Add(entry);
-        Bytes += entry.Bytes;
-        while (Bytes > capacityBytes && _entries.Count > 0)
+        // Room first, then the entry: Bytes never exceeds the capacity, even for a moment (metrics read it from other threads).
+        while (Bytes + entry.Bytes > capacityBytes && _entries.Count > 0)
         {
             var lru = 0;
             for (var i = 1; i < _entries.Count; i++)
@@ -262,6 +260,10 @@ internal sealed class PrefixCache(long capacityBytes) : IDisposable
 
             Remove(lru);
         }
+
+        entry.LastUse = ++_clock;
+        _entries.Add(entry);
+        Bytes += entry.Bytes;
     }
 
     /// <summary>

@@ -185,6 +185,25 @@ public sealed record ContextPruningOptions
     /// <summary>Per-layer score thresholds of the <see cref="PruningStrategy.Threshold"/> strategy, one per pruning layer.</summary>
     public IReadOnlyList<double>? Thresholds { get; init; }
 
+    /// <summary>
+    /// These options on a decoder of <paramref name="decoderLayers"/> layers: the pruning layers are clamped to the model's
+    /// depth (the paper's 10 layers assume a 32-layer model; a 4-layer model prunes in its 4), thresholds cut to match.
+    /// The same object when nothing changes. The report's <see cref="PruningReport.Options"/> names the layers used.
+    /// </summary>
+    public ContextPruningOptions FitTo(int decoderLayers)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(decoderLayers, 1);
+        // Negative or empty settings are mistakes, not depth mismatches: Validate names them.
+        if (!Enabled || StartLayer < 0 || Layers < 1 || StartLayer + Layers <= decoderLayers)
+        {
+            return this;
+        }
+
+        var start = Math.Min(StartLayer, decoderLayers - 1);
+        var layers = Math.Min(Layers, decoderLayers - start);
+        return this with { StartLayer = start, Layers = layers, Thresholds = Thresholds is { Count: > 0 } t && t.Count > layers ? [.. t.Take(layers)] : Thresholds };
+    }
+
     /// <summary>Checks the options against a decoder of <paramref name="decoderLayers"/> layers.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A value is out of range; the message names it.</exception>
     /// <exception cref="ArgumentException">The threshold strategy lacks one threshold per layer.</exception>

@@ -1,3 +1,6 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
 namespace PruneKernel.Pruning;
 
 /// <summary>A maximal run of consecutive prompt positions of one kind, visual or text.</summary>
@@ -13,6 +16,7 @@ public sealed record PositionSpan(int Start, int Length, bool Visual);
 /// the visual bins together hold exactly D_vis, and because bins are fixed by original positions, a pruned pass and the
 /// plain pass fill the same bins (tokens pruned before a layer contribute nothing to it).
 /// </summary>
+[JsonConverter(typeof(PositionBinsJsonConverter))]
 public sealed class PositionBins
 {
     /// <summary>The paper's bin width, in tokens.</summary>
@@ -104,5 +108,55 @@ public sealed class PositionBins
         }
 
         return mass;
+    }
+}
+
+/// <summary>
+/// Writes <see cref="PositionBins"/> as {"size", "spans", "count", "positions"} and reads it back from size and spans, so a
+/// <see cref="PruningReport"/> survives JSON (a distributed cache, a remote hop).
+/// </summary>
+internal sealed class PositionBinsJsonConverter : JsonConverter<PositionBins>
+{
+    public override PositionBins Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    {
+        using var document = JsonDocument.ParseValue(ref reader);
+        var root = document.RootElement;
+        JsonElement Field(string name) => root.EnumerateObject().FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase)).Value;
+        var size = Field("size") is { ValueKind: JsonValueKind.Number } s ? s.GetInt32() : throw new JsonException("PositionBins needs 'size'.");
+        var visual = new List<bool>();
+        if (Field("spans") is { ValueKind: JsonValueKind.Array } spans)
+        {
+            foreach (var span in spans.EnumerateArray())
+            {
+                var span1 = span;
+                JsonElement SpanField(string name) => span1.EnumerateObject().FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase)).Value;
+                visual.AddRange(Enumerable.Repeat(SpanField("visual").ValueKind == JsonValueKind.True, SpanField("length").GetInt32()));
+            }
+        }
+
+        return PositionBins.Of(visual, size);
+    }
+
+    public override void Write(Utf8JsonWriter writer, PositionBins value, JsonSerializerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        ArgumentNullException.ThrowIfNull(value);
+        string Name(string name) => options.PropertyNamingPolicy?.ConvertName(name) ?? name;
+        writer.WriteStartObject();
+        writer.WriteNumber(Name("Size"), value.Size);
+        writer.WriteStartArray(Name("Spans"));
+        foreach (var span in value.Spans)
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber(Name("Start"), span.Start);
+            writer.WriteNumber(Name("Length"), span.Length);
+            writer.WriteBoolean(Name("Visual"), span.Visual);
+            writer.WriteEndObject();
+        }
+
+        writer.WriteEndArray();
+        writer.WriteNumber(Name("Count"), value.Count);
+        writer.WriteNumber(Name("Positions"), value.Positions);
+        writer.WriteEndObject();
     }
 }

@@ -29,6 +29,12 @@ public interface ITokenConstraint
 
     /// <summary>The text so far is complete (it parses, and validates where a schema applies).</summary>
     bool IsComplete { get; }
+
+    /// <summary>
+    /// An upper bound on the tokens still needed to complete the text (0 when complete). Before the first token it is the
+    /// shortest output's length: a budget below it cannot be met, and callers should fail up front.
+    /// </summary>
+    int MinimumTokensToComplete { get; }
 }
 
 /// <summary>A constraint that cannot be enforced: an unsupported schema keyword, an empty tool list, ...</summary>

@@ -23,22 +23,21 @@ internal sealed class TokenSampler
     private readonly int _topK;
     private readonly float _topP;
     private readonly Random? _random;
-    private readonly RepeatPenalties _penalties;
-    private readonly ITokenConstraint? _constraint;
-    private readonly int[] _eos;
+    private readonly LogitsPipeline? _pipeline;
     private float[] _scratch = [];
     private int[] _order = [];
     private bool[] _keep = [];
 
-    public TokenSampler(GenerationOptions options, GenerationDefaults defaults, IReadOnlyList<int> promptIds, ITokenConstraint? constraint)
+    /// <param name="options">The request's sampling settings.</param>
+    /// <param name="defaults">generation_config.json's, for what the request leaves unset.</param>
+    /// <param name="pipeline">Penalties and the output constraint (<see cref="LogitsPipeline.Create"/>), or null.</param>
+    public TokenSampler(GenerationOptions options, GenerationDefaults defaults, LogitsPipeline? pipeline)
     {
         _temperature = options.Temperature ?? (defaults.DoSample ? defaults.Temperature : 0f);
         _topK = options.TopK ?? defaults.TopK;
         _topP = options.TopP ?? defaults.TopP;
         _random = IsGreedy ? null : options.Seed is long seed ? new Random(unchecked((int)seed ^ (int)(seed >> 32))) : new Random();
-        _penalties = new RepeatPenalties(options, promptIds);
-        _constraint = constraint;
-        _eos = [.. defaults.EosTokenIds];
+        _pipeline = pipeline;
     }
 
     /// <summary>Greedy decoding (temperature 0).</summary>
@@ -60,33 +59,11 @@ internal sealed class TokenSampler
             }
         }
 
-        _penalties.Apply(logits);
-        _constraint?.MaskLogits(logits, remaining);
-        var token = IsGreedy ? ArgMax(logits) : Sample(logits);
-        _penalties.Add(token);
-        if (_constraint is not null && !_eos.Contains(token))
-        {
-            _constraint.Accept(token);
-        }
-
+        _pipeline?.Process(logits, remaining);
+        // Greedy takes the first maximum, as torch.argmax does, so host and device picks agree.
+        var token = IsGreedy ? LogitsPipeline.ArgMax(logits) : Sample(logits);
+        _pipeline?.Accept(token);
         return token;
-    }
-
-    /// <summary>The first index of the maximum (as torch.argmax), so greedy decoding matches the device's choice.</summary>
-    internal static int ArgMax(ReadOnlySpan<float> logits)
-    {
-        var best = 0;
-        var max = logits[0];
-        for (var i = 1; i < logits.Length; i++)
-        {
-            if (logits[i] > max)
-            {
-                max = logits[i];
-                best = i;
-            }
-        }
-
-        return best;
     }
 
     private int Sample(Span<float> logits)
@@ -255,67 +232,6 @@ internal sealed class TokenSampler
         {
             _scratch = new float[n];
             _order = new int[n];
-        }
-    }
-}
-
-/// <summary>
-/// Frequency and presence penalties (OpenAI: over generated tokens, subtracted) and the repetition penalty
-/// (transformers: over prompt and generated tokens, a positive logit divided, a negative one multiplied).
-/// </summary>
-internal sealed class RepeatPenalties
-{
-    private readonly float _frequency;
-    private readonly float _presence;
-    private readonly float _repetition;
-    private readonly Dictionary<int, int> _generated = [];
-    private readonly HashSet<int> _seen;
-
-    public RepeatPenalties(GenerationOptions options, IReadOnlyList<int> promptIds)
-    {
-        _frequency = options.FrequencyPenalty ?? 0;
-        _presence = options.PresencePenalty ?? 0;
-        _repetition = options.RepetitionPenalty ?? 1;
-        _seen = _repetition != 1 ? [.. promptIds] : [];
-    }
-
-    private bool Active => _frequency != 0 || _presence != 0 || _repetition != 1;
-
-    public void Apply(Span<float> logits)
-    {
-        if (!Active)
-        {
-            return;
-        }
-
-        foreach (var id in _seen)
-        {
-            if ((uint)id < (uint)logits.Length)
-            {
-                logits[id] = logits[id] > 0 ? logits[id] / _repetition : logits[id] * _repetition;
-            }
-        }
-
-        foreach (var (id, count) in _generated)
-        {
-            if ((uint)id < (uint)logits.Length)
-            {
-                logits[id] -= (_frequency * count) + _presence;
-            }
-        }
-    }
-
-    public void Add(int token)
-    {
-        if (!Active)
-        {
-            return;
-        }
-
-        _generated[token] = _generated.GetValueOrDefault(token) + 1;
-        if (_repetition != 1)
-        {
-            _seen.Add(token);
         }
     }
 }

@@ -227,6 +227,9 @@ public sealed class LlamaTextTokenizer
     /// <summary>The text of an id, if it exists.</summary>
     public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
 
+    /// <summary>The byte a byte-fallback piece (<c>&lt;0xNN&gt;</c>) stands for, or -1 for any other id.</summary>
+    internal int ByteValueOf(int id) => id >= 0 && id < _byteValue.Length ? _byteValue[id] : -1;
+
     /// <summary>Whether the id is a special token (BOS, EOS, UNK, or an added special such as <c>&lt;image&gt;</c>).</summary>
     public bool IsSpecial(int id) => _special.Contains(id);
 

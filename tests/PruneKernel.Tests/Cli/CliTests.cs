@@ -99,9 +99,13 @@ public sealed class CliTests
     {
         var plain = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--max-new-tokens", "2", "--format", "json");
         Assert.Equal(JsonValueKind.Null, JsonDocument.Parse(plain.Out).RootElement.GetProperty("pruning").ValueKind);
-        var (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10");
+        // The paper's 10 layers on the 3-layer fixture clamp to its depth, and the report says which layers ran.
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10", "--max-new-tokens", "1", "--format", "json");
+        Assert.True(code == 0, stderr);
+        Assert.Equal(3, JsonDocument.Parse(stdout).RootElement.GetProperty("pruning").GetProperty("layers").GetArrayLength());
+        (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "0");
         Assert.Equal(2, code);
-        Assert.Contains("decoder layers", stderr, StringComparison.Ordinal);
+        Assert.Contains("pruning layer", stderr, StringComparison.Ordinal);
         (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-rate", "1.5", "--prune-layers", "2");
         Assert.Equal(2, code);
         Assert.Contains("rate", stderr, StringComparison.OrdinalIgnoreCase);
@@ -110,8 +114,8 @@ public sealed class CliTests
     [Fact]
     public async Task BenchRunsATinyShapeOnTheCpu()
     {
-        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "8",
-            "--iterations", "2", "--warmup", "1", "--prune-layers", "2");
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "9",
+            "--iterations", "2", "--warmup", "1", "--prune-layers", "2", "--decode-tokens", "8");
         Assert.True(code == 0, stderr);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, lines.Length);
@@ -124,13 +128,58 @@ public sealed class CliTests
             Assert.Equal(40, root.GetProperty("text_tokens").GetInt32());
             Assert.True(root.GetProperty("prefill_ms").GetDouble() > 0);
             Assert.True(root.GetProperty("ttft_ms").GetDouble() >= root.GetProperty("prefill_ms").GetDouble());
-            // The decode trace: per-step wall time and the host's share of it (equal when the host is the bottleneck).
+            // Decoding through the engine: per-step wall time and the host's share of it (equal when the host is the bottleneck).
             var perToken = root.GetProperty("decode_ms_per_token").GetDouble();
-            var enqueue = root.GetProperty("decode_host_enqueue_ms_median").GetDouble();
-            Assert.True(perToken > 0 && enqueue > 0 && enqueue <= root.GetProperty("decode_step_ms_max").GetDouble());
+            var host = root.GetProperty("host_ms_per_token").GetDouble();
+            Assert.True(perToken > 0 && host > 0 && host <= root.GetProperty("decode_step_ms_p90").GetDouble() + 1e-6);
+            Assert.True(root.GetProperty("bytes_per_step_mb").GetDouble() > 0);
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("floor_ms_per_token").ValueKind); // no device bandwidth on the CPU
             Assert.Equal(JsonValueKind.Null, root.GetProperty("peak_mem_mb").ValueKind); // a CPU run has no GPU peak
             Assert.Equal(JsonValueKind.Null, root.GetProperty("sdpa_cudnn").ValueKind);
         }
+    }
+
+    [Fact]
+    public async Task BenchClampsThePapersTenLayersToATinyShape()
+    {
+        // The tiny shape has 4 layers; the default --prune-layers 10 prunes in all of them and says so.
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "9",
+            "--iterations", "1", "--warmup", "0", "--decode-tokens", "0", "--pruning", "progressive");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("\"pruning\":\"progressive-0.3x4\"", stdout, StringComparison.Ordinal);
+        Assert.Contains("\"pruning_layers_used\":[0,1,2,3]", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task BenchRunsAChatAndConcurrentStreamsOnTheCpu()
+    {
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "30", "--visual-tokens", "9",
+            "--pruning", "off", "--decode-tokens", "6", "--no-prefill", "--chat-turns", "3", "--concurrency", "3");
+        Assert.True(code == 0, stderr);
+        var records = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var turns = records.Where(r => r.GetProperty("kind").GetString() == "chat_turn").ToList();
+        Assert.Equal([1, 2, 3], turns.Select(t => t.GetProperty("turn").GetInt32()));
+        // Each later turn resends the history: the cached run reuses all of it but the new turn.
+        Assert.All(turns.Skip(1), t => Assert.True(t.GetProperty("reused_tokens").GetInt32() > t.GetProperty("prompt_tokens").GetInt32() - 160));
+        Assert.All(turns, t => Assert.True(t.GetProperty("same_tokens").GetBoolean()));
+        var concurrent = Assert.Single(records, r => r.GetProperty("kind").GetString() == "concurrency");
+        Assert.Equal(3, concurrent.GetProperty("concurrency").GetInt32());
+        Assert.Equal("3/3", concurrent.GetProperty("streams_equal_alone").GetString());
+        Assert.True(concurrent.GetProperty("tokens_per_s").GetDouble() > 0);
+    }
+
+    [Fact]
+    public async Task BenchConstraintsWritesJsonAndATable()
+    {
+        var output = Path.Combine(Directory.CreateTempSubdirectory("pk-bc-").FullName, "constraints.json");
+        var (code, stdout, stderr) = await Run("bench-constraints", "--tokenizer", Model, "--requests", "2", "--max-tokens", "24", "--output", output);
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(File.ReadAllText(output));
+        var workloads = json.RootElement.GetProperty("workloads").EnumerateArray().ToList();
+        Assert.Equal(["json-object", "schema-5-fields"], workloads.Select(w => w.GetProperty("name").GetString()));
+        Assert.All(workloads, w => Assert.True(w.GetProperty("warm_ms_per_token_mean").GetDouble() > 0));
+        Assert.Contains("| schema-5-fields |", File.ReadAllText(Path.ChangeExtension(output, ".md")), StringComparison.Ordinal);
+        Assert.Contains("mask + accept", stdout, StringComparison.Ordinal);
     }
 
     [Fact]

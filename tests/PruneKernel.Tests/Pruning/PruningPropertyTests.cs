@@ -258,10 +258,15 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
     }
 
     [Fact]
-    public void TooManyPruningLayersIsAClearError()
+    public void ThePapersTenLayersClampToTheModelsDepth()
     {
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions() }));
-        Assert.Contains("3 decoder layers", e.Message, StringComparison.Ordinal);
+        // The paper's defaults on a 3-layer model prune in its 3 layers; the report names them. Mistakes stay errors.
+        var report = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 1, Pruning = new ContextPruningOptions() }).Pruning!;
+        Assert.Equal((0, 3), (report.Options.StartLayer, report.Options.Layers));
+        Assert.Equal([0, 1, 2], report.Layers.Select(l => l.Layer));
+        Assert.Same(report.Options, report.Options.FitTo(3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { Layers = 0 } }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { StartLayer = -1 } }));
     }
 }
 

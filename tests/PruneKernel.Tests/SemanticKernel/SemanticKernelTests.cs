@@ -1,4 +1,5 @@
 using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.SemanticKernel;
 using Microsoft.SemanticKernel.ChatCompletion;
@@ -187,6 +188,73 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
         var none = await new AttentionTextCompressor(_shared.Model).CompressAsync(text, 0, TestContext.Current.CancellationToken);
         Assert.Equal(text, none.Text);
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => new AttentionTextCompressor(_shared.Model).CompressAsync(text, 1.0, TestContext.Current.CancellationToken));
+    }
+
+    [Theory]
+    [InlineData("required")]
+    [InlineData("auto")]
+    public async Task FunctionChoiceBehaviorReachesTheModelAndInvokesKernelFunctions(string behavior)
+    {
+        var invoked = new List<string>();
+        var builder = Kernel.CreateBuilder();
+        builder.AddPruneKernelChatCompletion(_shared.Model);
+        builder.Plugins.AddFromFunctions("shapes", [KernelFunctionFactory.CreateFromMethod(
+            (string shape) =>
+            {
+                invoked.Add(shape);
+                return $"A {shape} has corners.";
+            },
+            "describe_shape",
+            "Describes a shape.")]);
+        var kernel = builder.Build();
+        var service = kernel.GetRequiredService<IChatCompletionService>();
+        var required = behavior == "required";
+        var answered = 0;
+        for (var seed = 0; seed < (required ? 1 : 4); seed++)
+        {
+            var settings = new PromptExecutionSettings
+            {
+                FunctionChoiceBehavior = required ? FunctionChoiceBehavior.Required() : FunctionChoiceBehavior.Auto(),
+                ExtensionData = new Dictionary<string, object> { ["max_tokens"] = 48, ["temperature"] = 1.2, ["seed"] = (long)seed },
+            };
+            var history = History("Describe the shape.");
+            var reply = await service.GetChatMessageContentAsync(history, settings, kernel);
+            answered += reply.Content is not null ? 1 : 0;
+        }
+
+        if (required)
+        {
+            // SK invoked the function the model was made to call, and the model answered after the result.
+            Assert.NotEmpty(invoked);
+        }
+
+        Assert.True(answered > 0);
+    }
+
+    [Fact]
+    public async Task ConnectorBindsFromConfigurationAndCanShareTheChatClientsModel()
+    {
+        var json = $$"""{ "PruneKernel": { "ModelPath": "{{Fixtures.Model("llava-tiny-f32").Replace("\\", "\\\\", StringComparison.Ordinal)}}", "DefaultMaxOutputTokens": 2, "ModelId": "tiny-sk" } }""";
+        var configuration = new ConfigurationBuilder()
+            .AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json))).Build();
+        var bound = Kernel.CreateBuilder();
+        bound.AddPruneKernelChatCompletion(configuration.GetSection("PruneKernel"));
+        var fromConfig = bound.Build();
+        var reply = await fromConfig.GetRequiredService<IChatCompletionService>().GetChatMessageContentAsync(History(), kernel: fromConfig);
+        Assert.Equal(2, Assert.IsType<UsageDetails>(Usage(reply)).OutputTokenCount);
+        Assert.Equal("tiny-sk", reply.ModelId);
+
+        // One model for both: the kernel's service runs on the IChatClient already registered (middleware included).
+        var shared = Kernel.CreateBuilder();
+        shared.Services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel")).UseContextPruning(new ContextPruningOptions());
+        shared.AddPruneKernelChatCompletionFromChatClient();
+        shared.Plugins.AddPruneKernelPlugin();
+        var kernel = shared.Build();
+        var chatClient = kernel.GetRequiredService<IChatClient>();
+        var viaKernel = await kernel.GetRequiredService<IChatCompletionService>().GetChatMessageContentAsync(History(LongContext + " What is shown?"), kernel: kernel);
+        Assert.True(Assert.IsType<UsageDetails>(Usage(viaKernel)).AdditionalCounts![LvlmChatClient.PrunedTokensKey] > 0);
+        Assert.NotNull(kernel.Plugins.GetFunction(PruneKernelPlugin.DefaultName, "ask_about_image"));
+        Assert.Single(kernel.Services.GetServices<IChatClient>()); // no second client, so no second model
     }
 
     private static PromptExecutionSettings Settings(params (string Key, object Value)[] values) =>
