@@ -61,7 +61,14 @@ public sealed class LvlmChatClient : IChatClient
             throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(options));
         }
 
-        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
+        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions
+        {
+            Device = options.Device,
+            DType = options.DType,
+            Quantization = options.Quantization,
+            QuantizationGroupSize = options.QuantizationGroupSize,
+            QuantizeLmHead = options.QuantizeLmHead,
+        });
         if (options.ImageCacheBytes > 0)
         {
             model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);

@@ -1,0 +1,90 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PruneKernel.Quantization;
+
+/// <summary>
+/// Storage layouts of int4 codes [N, K] (values 0..15), each with its exact inverse, all in tensor operations so they run
+/// on the codes' device and are tested on the CPU.
+/// </summary>
+internal static class Int4Layouts
+{
+    /// <summary>Two codes per byte [N, K/2]: even input in the low nibble, odd input in the high nibble.</summary>
+    public static Tensor PackNibbles(Tensor codes)
+    {
+        using var scope = NewDisposeScope();
+        var c = codes.to(ScalarType.Int32);
+        long n = c.shape[0], k = c.shape[1];
+        var pairs = c.view(n, k / 2, 2);
+        return (pairs.select(2, 0) + (pairs.select(2, 1) * 16)).to(ScalarType.Byte).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The inverse of <see cref="PackNibbles"/>: uint8 [N, K].</summary>
+    public static Tensor UnpackNibbles(Tensor packed)
+    {
+        using var scope = NewDisposeScope();
+        var p = packed.to(ScalarType.Int32);
+        var low = p.remainder(16);
+        var high = p.floor_divide(16);
+        return torch.stack([low, high], -1).view(p.shape[0], p.shape[1] * 2).to(ScalarType.Byte).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Whether tinygemm's layout can hold a weight of this shape: output rows in tiles of 8, inputs in tiles of 16 packed
+    /// at least two at a time, and a group size its kernel is built for.
+    /// </summary>
+    public static bool FitsTinyGemm(long n, long k, int groupSize) =>
+        n % 8 == 0 && k % 32 == 0 && groupSize is 32 or 64 or 128 or 256 && k % groupSize == 0;
+
+    /// <summary>Inner k-tiles packed per lane: the widest (16-byte loads) that divides K.</summary>
+    public static int InnerKTiles(long k) => k % 128 == 0 ? 8 : k % 64 == 0 ? 4 : 2;
+
+    /// <summary>
+    /// PyTorch's tinygemm weight layout (what <c>aten::_convert_weight_to_int4pack</c> produces on CUDA from codes whose
+    /// even input sits in each byte's high nibble), int32 [N/8, K/(16·ikt), 32, ikt/2]. Per int32: lane t of an m16n8k16
+    /// tile holds output n = 8·nTile + t/4 and, for nibble j = 4·hl + 2·ih + il, input
+    /// k = 16·ikt·kTile + 32·p + 16·ih + 8·il + 2·(t mod 4) + hl (p: the pair of inner k-tiles). The dimensions below
+    /// spell exactly those index digits, so packing is one permutation and unpacking its inverse.
+    /// </summary>
+    public static Tensor PackTinyGemm(Tensor codes, int innerKTiles)
+    {
+        using var scope = NewDisposeScope();
+        long n = codes.shape[0], k = codes.shape[1];
+        var kTiles = k / (16 * innerKTiles);
+        // [nTile, tn, kTile, p, ih, il, tk, hl] -> [nTile, kTile, tn, tk, p, hl, ih, il]
+        var digits = codes.to(ScalarType.Int64).view(n / 8, 8, kTiles, innerKTiles / 2, 2, 2, 4, 2).permute(0, 2, 1, 6, 3, 7, 4, 5);
+        var nibbles = digits.reshape(n / 8, kTiles, 32, innerKTiles / 2, 8);
+        var word = (nibbles * Shifts(codes.device)).sum([-1L]);
+        // Bit 31 set means a negative int32: wrap the unsigned value into two's complement before narrowing.
+        word = torch.where(word >= (1L << 31), word - (1L << 32), word);
+        return word.to(ScalarType.Int32).contiguous().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The inverse of <see cref="PackTinyGemm"/>: uint8 codes [N, K].</summary>
+    public static Tensor UnpackTinyGemm(Tensor packed)
+    {
+        using var scope = NewDisposeScope();
+        long nTiles = packed.shape[0], kTiles = packed.shape[1], half = packed.shape[3];
+        var innerKTiles = half * 2;
+        var word = packed.to(ScalarType.Int64).remainder(1L << 32).unsqueeze(-1);
+        var nibbles = word.floor_divide(Shifts(packed.device)).remainder(16);
+        // [nTile, kTile, tn, tk, p, hl, ih, il] -> [nTile, tn, kTile, p, ih, il, tk, hl]
+        var digits = nibbles.view(nTiles, kTiles, 8, 4, half, 2, 2, 2).permute(0, 2, 1, 4, 6, 7, 3, 5);
+        return digits.reshape(nTiles * 8, kTiles * 16 * innerKTiles).to(ScalarType.Byte).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// tinygemm's scales and zeros [K/group, N, 2] in bfloat16. It dequantizes as (code − 8) · scale + zero, so an integer
+    /// zero point z becomes zero = (8 − z) · scale.
+    /// </summary>
+    public static Tensor TinyGemmScalesAndZeros(Tensor scales, Tensor zeros)
+    {
+        using var scope = NewDisposeScope();
+        var s = scales.to(ScalarType.Float32);
+        var offset = (8 - zeros.to(ScalarType.Float32)) * s;
+        return torch.stack([s.t(), offset.t()], -1).to(ScalarType.BFloat16).contiguous().MoveToOuterDisposeScope();
+    }
+
+    private static Tensor Shifts(Device device) =>
+        torch.tensor(Enumerable.Range(0, 8).Select(j => 1L << (4 * j)).ToArray(), dtype: ScalarType.Int64, device: device);
+}
