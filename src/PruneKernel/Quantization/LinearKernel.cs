@@ -360,7 +360,7 @@ internal sealed class Int4Kernel : LinearKernel
             var pairs = codes.to(ScalarType.Int32).view(n, k / 2, 2);
             var bytes = ((pairs.select(2, 0) * 16) + pairs.select(2, 1)).to(ScalarType.Byte).contiguous();
             var theirs = AtenOps.Call("aten::_convert_weight_to_int4pack", "", bytes, (long)Int4Layouts.InnerKTiles(k));
-            if (theirs is not null && (!theirs.shape.SequenceEqual(packed.shape) || !theirs.equal(packed).item<bool>()))
+            if (theirs is not null && (!theirs.shape.SequenceEqual(packed.shape) || !theirs.eq(packed).all().item<bool>()))
             {
                 QuantizationDiagnostics.Note("int4: our tinygemm packing differs from aten::_convert_weight_to_int4pack on this libtorch; products dequantize the weight");
                 return false;

@@ -53,7 +53,7 @@ internal abstract class LinearWeights : IDisposable
     }
 
     private static bool SamePermutation(Tensor? a, Tensor? b) =>
-        (a is null && b is null) || (a is not null && b is not null && a.shape.SequenceEqual(b.shape) && a.equal(b).item<bool>());
+        (a is null && b is null) || (a is not null && b is not null && a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>());
 }
 
 /// <summary>Unquantized weights (any float dtype).</summary>

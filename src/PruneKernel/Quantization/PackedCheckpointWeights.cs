@@ -89,7 +89,7 @@ internal static class PackedCheckpointWeights
     {
         var k = gIdx.shape[0];
         var plain = torch.arange(k, dtype: ScalarType.Int64).floor_divide(group);
-        if (gIdx.equal(plain).item<bool>())
+        if (gIdx.eq(plain).all().item<bool>())
         {
             return null;
         }
@@ -101,7 +101,7 @@ internal static class PackedCheckpointWeights
 
         // Unique sort keys (group, then input index) make the sort stable without relying on a stable sort.
         var permutation = (gIdx * k + torch.arange(k, dtype: ScalarType.Int64)).argsort();
-        if (!gIdx.index_select(0, permutation).equal(plain).item<bool>())
+        if (!gIdx.index_select(0, permutation).eq(plain).all().item<bool>())
         {
             throw new CheckpointFormatException(file, $"g_idx does not give every group exactly {group} inputs", key);
         }
