@@ -5,6 +5,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using PruneKernel.Language;
 using PruneKernel.Pruning;
+using PruneKernel.Quantization;
 using PruneKernel.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -60,8 +61,12 @@ internal static class BenchCommand
         var output = new Option<FileInfo?>("--output") { Description = "Write the records as JSON here." };
         var decode = new Option<int>("--decode-tokens") { Description = "Tokens decoded after the prompt to time decoding (0 skips).", DefaultValueFactory = _ => 128 };
         var batch = new Option<int>("--batch") { Description = "Sequences per forward pass (pruning needs 1).", DefaultValueFactory = _ => 1 };
+        var quantize = new Option<string>("--quantize") { Description = "none, int8 or int4: the decoder's linears quantized as drawn; records gain their error against the unquantized weights.", DefaultValueFactory = _ => "none" };
+        var groupSize = new Option<int>("--quantize-group-size") { Description = "Inputs per int4 group.", DefaultValueFactory = _ => 128 };
+        var lmHead = new Option<bool>("--quantize-lm-head") { Description = "Quantize lm_head too." };
+        var sweep = new Option<bool>("--kernel-sweep") { Description = "With --quantize: time the gate/up product's fused and dequantizing paths against the dense GEMM by row count." };
         var command = new Command("bench", "Measure prefill latency with and without context pruning on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, quantize, groupSize, lmHead, sweep })
         {
             command.Add(option);
         }
@@ -76,7 +81,8 @@ internal static class BenchCommand
             var records = new JsonArray();
             using var noGrad = torch.no_grad();
             var contextMiB = CudaContextMiB(dev);
-            using var model = RandomDecoder(config, type, dev, out var head);
+            var plan = new QuantizationPlan(ModelOptions.ParseQuantization(r.GetValue(quantize)!), r.GetValue(groupSize), r.GetValue(lmHead), null);
+            using var model = plan.DefersDecoder ? BenchQuantization.RandomDecoder(config, type, dev, plan, out var head) : RandomDecoder(config, type, dev, out head);
             foreach (var textTokens in r.GetValue(text)!)
             {
                 foreach (var mode in r.GetValue(modes)!)
@@ -104,8 +110,25 @@ internal static class BenchCommand
                     record["dtype"] = r.GetValue(dtype);
                     record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
                     record["pruning"] = pruning is null ? "off" : $"{mode}-{pruning.Rate.ToString(CultureInfo.InvariantCulture)}x{pruning.Layers}";
+                    record["quantization"] = plan.Describe();
                     records.Add(record);
                     await console.WriteLineAsync(record.ToJsonString());
+                }
+            }
+
+            if (plan.DefersDecoder)
+            {
+                // After every timing, so that the reference layer's memory is in no record's peak.
+                var errors = BenchQuantization.Errors(model, head, config, type, dev);
+                var kernels = model.layers[0].mlp.FusedGateUp.Kernel?.Description;
+                var table = r.GetValue(sweep) ? BenchQuantization.KernelSweep(config, plan, type, dev) : null;
+                foreach (var record in records.OfType<JsonObject>())
+                {
+                    record["quant_error"] = errors.DeepClone();
+                    record["quant_kernels"] = kernels;
+                    record["quant_decode_rows"] = LinearKernel.DecodeRows;
+                    record["quant_notes"] = new JsonArray(QuantizationDiagnostics.Notes.Select(n => (JsonNode?)n).ToArray());
+                    record["quant_kernel_sweep"] = table?.DeepClone();
                 }
             }
 

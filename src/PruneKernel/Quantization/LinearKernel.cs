@@ -52,6 +52,12 @@ internal abstract class LinearKernel : IDisposable
 
     public abstract Tensor Forward(Tensor x, Tensor? bias);
 
+    /// <summary>
+    /// x [rows, K] through one path whatever the threshold says: the fused kernel (null when this kernel has none) or the
+    /// dequantizing one. For measurements (<c>bench --kernel-sweep</c>) and tests.
+    /// </summary>
+    public virtual Tensor? ForwardPath(Tensor rows, bool fused) => fused ? null : Forward(rows, null);
+
     /// <summary>The weight the kernel multiplies by, [out, in] in the model dtype and original input order.</summary>
     public abstract Tensor Dequantize();
 
@@ -150,6 +156,10 @@ internal sealed class Int8Kernel : LinearKernel
         y ??= nn.functional.linear(rows, _codes.to(_dtype)) * _scales;
         return Finish(y.to(_dtype), x, bias).MoveToOuterDisposeScope();
     }
+
+    public override Tensor? ForwardPath(Tensor rows, bool fused) => fused
+        ? (_fused ? Fused(rows, _codes, _scales) : null)
+        : nn.functional.linear(rows, _codes.to(_dtype)) * _scales;
 
     public override Tensor Dequantize()
     {
@@ -274,6 +284,16 @@ internal sealed class Int4Kernel : LinearKernel
         return Finish(y, x, bias).MoveToOuterDisposeScope();
     }
 
+    public override Tensor? ForwardPath(Tensor rows, bool fused)
+    {
+        using var scope = NewDisposeScope();
+        var x = _permutation is null ? rows : rows.index_select(1, _permutation);
+        var y = fused
+            ? _tinyGemm is null ? null : AtenOps.CudaWeightInt4PackMm(x, _tinyGemm, _groupSize, _scalesAndZeros!)
+            : nn.functional.linear(x, DequantizeColumns());
+        return y?.MoveToOuterDisposeScope();
+    }
+
     public override Tensor Dequantize()
     {
         using var scope = NewDisposeScope();
@@ -308,8 +328,9 @@ internal sealed class Int4Kernel : LinearKernel
             return torch.addcmul(zero, q, scale, 1).view(_out, _in).MoveToOuterDisposeScope();
         }
 
+        // (code − zero)·scale exactly as the checkpoint formats define it (in place: one weight-sized buffer).
         var codes = Int4Layouts.UnpackNibbles(_nibbles!).to(_dtype).view(_out, groups, _groupSize);
-        return ((codes - _zeros!.unsqueeze(-1)) * _scales!.unsqueeze(-1)).view(_out, _in).MoveToOuterDisposeScope();
+        return codes.sub_(_zeros!.unsqueeze(-1)).mul_(_scales!.unsqueeze(-1)).view(_out, _in).MoveToOuterDisposeScope();
     }
 
     private bool UseTinyGemm(Device device, ScalarType dtype)

@@ -108,6 +108,21 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task BenchQuantizesAndReportsTheErrorAgainstUnquantizedWeights()
+    {
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "24", "--visual-tokens", "8",
+            "--iterations", "1", "--warmup", "0", "--pruning", "off", "--decode-tokens", "2", "--quantize", "int4", "--quantize-group-size", "32");
+        Assert.True(code == 0, stderr);
+        using var record = JsonDocument.Parse(stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Single());
+        var root = record.RootElement;
+        Assert.Equal("int4-g32", root.GetProperty("quantization").GetString());
+        var error = root.GetProperty("quant_error");
+        Assert.Equal(4, error.GetProperty("layer_rel_err").GetArrayLength());
+        Assert.InRange(error.GetProperty("logits_rel_err").GetDouble(), 1e-6, 0.5);
+        Assert.StartsWith("int4 g32", root.GetProperty("quant_kernels").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task BenchRunsATinyShapeOnTheCpu()
     {
         var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "8",
