@@ -130,6 +130,9 @@ internal static class BenchCommand
                     record["quant_notes"] = new JsonArray(QuantizationDiagnostics.Notes.Select(n => (JsonNode?)n).ToArray());
                     record["quant_kernel_sweep"] = table?.DeepClone();
                 }
+
+                // The records above were printed as they were measured; the error summary follows them.
+                await console.WriteLineAsync(new JsonObject { ["quantization"] = plan.Describe(), ["quant_error"] = errors, ["quant_kernels"] = kernels }.ToJsonString());
             }
 
             if (r.GetValue(output) is { } file)
