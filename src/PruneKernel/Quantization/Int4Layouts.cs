@@ -13,19 +13,20 @@ internal static class Int4Layouts
     public static Tensor PackNibbles(Tensor codes)
     {
         using var scope = NewDisposeScope();
-        var c = codes.to(ScalarType.Int32);
-        long n = c.shape[0], k = c.shape[1];
-        var pairs = c.view(n, k / 2, 2);
-        return (pairs.select(2, 0) + (pairs.select(2, 1) * 16)).to(ScalarType.Byte).MoveToOuterDisposeScope();
+        long n = codes.shape[0], k = codes.shape[1];
+        var pairs = codes.to(ScalarType.Byte).view(n, k / 2, 2);
+        return (pairs.select(2, 0) + (pairs.select(2, 1) * 16)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The inverse of <see cref="PackNibbles"/>: uint8 [N, K].</summary>
+    /// <summary>
+    /// The inverse of <see cref="PackNibbles"/>: uint8 [N, K]. Byte-wide scalar operations only: no widening (memory
+    /// traffic on a path every product takes) and no constant tensors (a host-to-device copy per call).
+    /// </summary>
     public static Tensor UnpackNibbles(Tensor packed)
     {
         using var scope = NewDisposeScope();
-        // Byte-wide bit operations: no widening to int32 (four times the memory traffic on a path every product takes).
-        var low = packed.bitwise_and(torch.tensor((byte)15, device: packed.device));
-        var high = packed.bitwise_right_shift(torch.tensor((byte)4, device: packed.device));
+        var low = packed.remainder(16);
+        var high = packed.floor_divide(16);
         return torch.stack([low, high], -1).view(packed.shape[0], packed.shape[1] * 2).MoveToOuterDisposeScope();
     }
 
@@ -51,26 +52,44 @@ internal static class Int4Layouts
         using var scope = NewDisposeScope();
         long n = codes.shape[0], k = codes.shape[1];
         var kTiles = k / (16 * innerKTiles);
-        // [nTile, tn, kTile, p, ih, il, tk, hl] -> [nTile, kTile, tn, tk, p, hl, ih, il]
-        var digits = codes.to(ScalarType.Int64).view(n / 8, 8, kTiles, innerKTiles / 2, 2, 2, 4, 2).permute(0, 2, 1, 6, 3, 7, 4, 5);
-        var nibbles = digits.reshape(n / 8, kTiles, 32, innerKTiles / 2, 8);
-        var word = (nibbles * Shifts(codes.device)).sum([-1L]);
+        // [nTile, tn, kTile, p, ih, il, tk, hl] -> [nTile, kTile, tn, tk, p, hl, ih, il]: one byte per code.
+        var nibbles = codes.to(ScalarType.Byte).view(n / 8, 8, kTiles, innerKTiles / 2, 2, 2, 4, 2).permute(0, 2, 1, 6, 3, 7, 4, 5)
+            .reshape(n / 8, kTiles, 32, innerKTiles / 2, 8);
+        // Nibble by nibble into a word (int64 while accumulating; a weight's eighth at a time, not eight bytes per code).
+        var word = torch.zeros([n / 8, kTiles, 32, innerKTiles / 2], ScalarType.Int64, codes.device);
+        for (var j = 0; j < 8; j++)
+        {
+            using var inner = NewDisposeScope();
+            word.add_(nibbles.select(-1, j).to(ScalarType.Int64) * (1L << (4 * j)));
+        }
+
         // Bit 31 set means a negative int32: wrap the unsigned value into two's complement before narrowing.
-        word = torch.where(word >= (1L << 31), word - (1L << 32), word);
+        word.sub_(word.ge(1L << 31).to(ScalarType.Int64) * (1L << 32));
         return word.to(ScalarType.Int32).contiguous().MoveToOuterDisposeScope();
     }
 
-    /// <summary>The inverse of <see cref="PackTinyGemm"/>: uint8 codes [N, K].</summary>
+    /// <summary>
+    /// The inverse of <see cref="PackTinyGemm"/>: uint8 codes [N, K]. Scalar operations only (no constant tensors: no
+    /// host-to-device copies when a prefill-sized product dequantizes), one nibble at a time to bound the temporaries.
+    /// </summary>
     public static Tensor UnpackTinyGemm(Tensor packed)
     {
         using var scope = NewDisposeScope();
         long nTiles = packed.shape[0], kTiles = packed.shape[1], half = packed.shape[3];
         var innerKTiles = half * 2;
-        var word = packed.to(ScalarType.Int64).remainder(1L << 32).unsqueeze(-1);
-        var nibbles = word.floor_divide(Shifts(packed.device)).remainder(16);
+        var nibbles = new Tensor[8];
+        for (var j = 0; j < 8; j++)
+        {
+            using var inner = NewDisposeScope();
+            // Floor division by 2^(4j) is an arithmetic shift, and the modulo is non-negative, so the sign of the word
+            // does not matter.
+            var shifted = j == 0 ? packed : packed.floor_divide(1 << (4 * j));
+            nibbles[j] = shifted.remainder(16).to(ScalarType.Byte).MoveToOuterDisposeScope();
+        }
+
         // [nTile, kTile, tn, tk, p, hl, ih, il] -> [nTile, tn, kTile, p, ih, il, tk, hl]
-        var digits = nibbles.view(nTiles, kTiles, 8, 4, half, 2, 2, 2).permute(0, 2, 1, 4, 6, 7, 3, 5);
-        return digits.reshape(nTiles * 8, kTiles * 16 * innerKTiles).to(ScalarType.Byte).MoveToOuterDisposeScope();
+        var digits = torch.stack(nibbles, -1).view(nTiles, kTiles, 8, 4, half, 2, 2, 2).permute(0, 2, 1, 4, 6, 7, 3, 5);
+        return digits.reshape(nTiles * 8, kTiles * 16 * innerKTiles).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -85,6 +104,4 @@ internal static class Int4Layouts
         return torch.stack([s.t(), offset.t()], -1).to(ScalarType.BFloat16).contiguous().MoveToOuterDisposeScope();
     }
 
-    private static Tensor Shifts(Device device) =>
-        torch.tensor(Enumerable.Range(0, 8).Select(j => 1L << (4 * j)).ToArray(), dtype: ScalarType.Int64, device: device);
 }
