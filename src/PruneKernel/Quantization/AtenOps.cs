@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using System.Text;
 using PruneKernel.Runtime;
@@ -32,6 +33,9 @@ internal static unsafe class AtenOps
 
     // void aoti_torch_delete_tensor_object(AtenTensorHandle): frees a handle the dispatcher did not take after a failure.
     private static readonly Lazy<IntPtr> DeleteTensorHandle = new(() => Export("libtorch_cpu.so", "aoti_torch_delete_tensor_object"));
+
+    // Null-terminated operator names, encoded once (the dispatcher call is on the decode path).
+    private static readonly ConcurrentDictionary<string, byte[]> Names = new(StringComparer.Ordinal);
 
     public static bool HasCudaInt4PackMm => CudaInt4PackMm.Value != IntPtr.Zero;
 
@@ -109,8 +113,8 @@ internal static unsafe class AtenOps
             }
         }
 
-        var opName = Encoding.UTF8.GetBytes(op + "\0");
-        var overloadName = Encoding.UTF8.GetBytes(overload + "\0");
+        var opName = Names.GetOrAdd(op, n => Encoding.UTF8.GetBytes(n + "\0"));
+        var overloadName = Names.GetOrAdd(overload, n => Encoding.UTF8.GetBytes(n + "\0"));
         int error;
         fixed (byte* o = opName, v = overloadName)
         {
