@@ -91,6 +91,31 @@ public sealed class QuantizationTests
         }
     }
 
+    /// <summary>
+    /// PyTorch's CPU int4 kernel dequantizes with tinygemm's convention ((code − 8)·scale + zero, scales and zeros
+    /// [groups, out, 2]), so it checks on the CPU the scales-and-zeros we hand to tinygemm on CUDA.
+    /// </summary>
+    [Fact]
+    public void TinyGemmScalesAndZerosAgreeWithPyTorchsCpuInt4Kernel()
+    {
+        using var scope = NewDisposeScope();
+        const int n = 64, k = 256, group = 128;
+        var generator = new Generator(1);
+        var codes = torch.randint(0, 16, [n, k], generator: generator, dtype: ScalarType.Int64);
+        var scales = torch.rand([n, k / group], generator: generator) * 0.01 + 0.005;
+        var zeros = torch.randint(0, 16, [n, k / group], generator: generator, dtype: ScalarType.Int64).to(ScalarType.Float32);
+        var packed = AtenOps.Call("aten::_convert_weight_to_int4pack_for_cpu", "", codes.to(ScalarType.Int32), 8L);
+        Assert.NotNull(packed);
+        var sz = Int4Layouts.TinyGemmScalesAndZeros(scales, zeros);
+        var x = torch.randn([3, k], generator: generator).to(ScalarType.BFloat16);
+        var y = AtenOps.Call("aten::_weight_int4pack_mm_for_cpu", "", x, packed, (long)group, sz);
+        Assert.NotNull(y);
+        var w = (codes.to(ScalarType.Float32) - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1);
+        var expected = nn.functional.linear(x.to(ScalarType.Float32), w);
+        // bf16 scales, zeros and output: well under 1 %; a wrong zero convention is off by whole steps.
+        Assert.True(((y.to(ScalarType.Float32) - expected).norm() / expected.norm()).item<float>() < 0.01);
+    }
+
     [Fact]
     public void QuantizersStayWithinHalfAStep()
     {
