@@ -6,7 +6,8 @@ namespace PruneKernel.Quantization;
 
 /// <summary>
 /// Unpacks one linear layer of an AWQ or GPTQ checkpoint into <see cref="Int4Weights"/> (codes [out, in], per-group
-/// scales and integer zeros), on the CPU. Written from the formats' descriptions and checked against an independent
+/// scales and integer zeros), on the device it is given (the GPU when loading onto one: unpacking widens every code
+/// to int64 for a moment, which a CPU does slowly for 7B parameters). Written from the formats' descriptions and checked against an independent
 /// Python packer (tools/make_quant_fixtures.py): nibble j of an int32 is bits 4j..4j+3.
 /// </summary>
 internal static class PackedCheckpointWeights
@@ -20,16 +21,18 @@ internal static class PackedCheckpointWeights
 
     /// <summary>Unpacks a layer of shape [out, in] from its tensors (keys by suffix).</summary>
     /// <exception cref="CheckpointFormatException">A tensor is missing or its shape or dtype does not fit the layer.</exception>
-    public static Int4Weights Unpack(CheckpointQuantization config, IReadOnlyDictionary<string, string> keys, CheckpointWeights weights, string module, long[] shape)
+    public static Int4Weights Unpack(CheckpointQuantization config, IReadOnlyDictionary<string, string> keys, CheckpointWeights weights, string module, long[] shape,
+        Device? device = null)
     {
+        device ??= torch.CPU;
         long n = shape[0], k = shape[1];
         string Key(string suffix) => keys.TryGetValue(suffix, out var key) ? key
             : throw new CheckpointFormatException(weights.Folder, $"the packed layer '{module}' has no {suffix} tensor", module + "." + suffix);
 
         using var scope = NewDisposeScope();
-        using var qweight = Read(weights, Key("qweight"), ScalarType.Int32);
-        using var qzeros = Read(weights, Key("qzeros"), ScalarType.Int32);
-        using var scalesRaw = Read(weights, Key("scales"), null);
+        var qweight = Read(weights, Key("qweight"), ScalarType.Int32, device);
+        var qzeros = Read(weights, Key("qzeros"), ScalarType.Int32, device);
+        var scalesRaw = Read(weights, Key("scales"), null, device);
         var groups = scalesRaw.shape[0];
         var group = config.GroupSize ?? k;
         if (groups * group != k || groups != k / group)
@@ -45,7 +48,7 @@ internal static class PackedCheckpointWeights
             Expect(weights, Key("qweight"), qweight, [k, n / 8]);
             Expect(weights, Key("qzeros"), qzeros, [groups, n / 8]);
             Expect(weights, Key("scales"), scalesRaw, [groups, n]);
-            var order = torch.tensor(AwqInverseOrder);
+            var order = torch.tensor(AwqInverseOrder, device: device);
             codes = Nibbles(qweight).index_select(2, order).reshape(k, n).t();
             zeros = Nibbles(qzeros).index_select(2, order).reshape(groups, n).t();
         }
@@ -65,7 +68,7 @@ internal static class PackedCheckpointWeights
 
             if (keys.TryGetValue("g_idx", out var gKey))
             {
-                using var gIdx = Read(weights, gKey, null);
+                var gIdx = Read(weights, gKey, null, device);
                 Expect(weights, gKey, gIdx, [k]);
                 permutation = ActOrder(gIdx.to(ScalarType.Int64), group, groups, weights.FileOf(gKey), gKey);
                 if (permutation is not null)
@@ -88,7 +91,7 @@ internal static class PackedCheckpointWeights
     private static Tensor? ActOrder(Tensor gIdx, long group, long groups, string file, string key)
     {
         var k = gIdx.shape[0];
-        var plain = torch.arange(k, dtype: ScalarType.Int64).floor_divide(group);
+        var plain = torch.arange(k, dtype: ScalarType.Int64, device: gIdx.device).floor_divide(group);
         if (gIdx.eq(plain).all().item<bool>())
         {
             return null;
@@ -100,7 +103,7 @@ internal static class PackedCheckpointWeights
         }
 
         // Unique sort keys (group, then input index) make the sort stable without relying on a stable sort.
-        var permutation = (gIdx * k + torch.arange(k, dtype: ScalarType.Int64)).argsort();
+        var permutation = (gIdx * k + torch.arange(k, dtype: ScalarType.Int64, device: gIdx.device)).argsort();
         if (!gIdx.index_select(0, permutation).eq(plain).all().item<bool>())
         {
             throw new CheckpointFormatException(file, $"g_idx does not give every group exactly {group} inputs", key);
@@ -112,20 +115,21 @@ internal static class PackedCheckpointWeights
     /// <summary>int32 [a, b] to its eight nibbles, int64 [a, b, 8] (nibble j = bits 4j..4j+3).</summary>
     private static Tensor Nibbles(Tensor packed)
     {
-        var shifts = torch.tensor(Enumerable.Range(0, 8).Select(j => 1L << (4 * j)).ToArray());
+        var shifts = torch.tensor(Enumerable.Range(0, 8).Select(j => 1L << (4 * j)).ToArray(), device: packed.device);
         return packed.to(ScalarType.Int64).remainder(1L << 32).unsqueeze(-1).floor_divide(shifts).remainder(16);
     }
 
-    private static Tensor Read(CheckpointWeights weights, string key, ScalarType? dtype)
+    /// <summary>Reads a tensor onto the device (inside the caller's dispose scope).</summary>
+    private static Tensor Read(CheckpointWeights weights, string key, ScalarType? dtype, Device device)
     {
-        var tensor = weights.ReadTensor(key);
-        if (dtype is { } expected && tensor.dtype != expected)
+        var info = weights.GetInfo(key);
+        if (dtype is { } expected && info.DType.ToScalarType() != expected)
         {
-            tensor.Dispose();
-            throw new CheckpointFormatException(weights.FileOf(key), $"expected {expected}, found {weights.GetInfo(key).DType}", key);
+            throw new CheckpointFormatException(weights.FileOf(key), $"expected {expected}, found {info.DType}", key);
         }
 
-        return tensor;
+        using var host = weights.ReadTensor(key);
+        return host.to(device);
     }
 
     private static void Expect(CheckpointWeights weights, string key, Tensor tensor, long[] shape)

@@ -189,7 +189,7 @@ internal static class LlavaWeightLoader
         LinearWeights loaded;
         if (plan.Checkpoint is { } checkpoint && packed.TryGetValue(module, out var parts))
         {
-            loaded = PackedCheckpointWeights.Unpack(checkpoint, parts, weights, module, shape);
+            loaded = PackedCheckpointWeights.Unpack(checkpoint, parts, weights, module, shape, model.Device);
         }
         else if (keys.TryGetValue(name, out var key))
         {
