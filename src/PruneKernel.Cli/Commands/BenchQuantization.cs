@@ -99,7 +99,13 @@ internal static class BenchQuantization
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         var dense = DenseWeight("sweep.gate_up", [2L * config.IntermediateSize, config.HiddenSize], dtype, device);
-        using var kernel = LinearKernel.Create(plan.FromDense(dense, "sweep.gate_up"), dtype, device);
+        LinearKernel kernel;
+        using (var weights = plan.FromDense(dense, "sweep.gate_up"))
+        {
+            kernel = LinearKernel.Create(weights, dtype, device);
+        }
+
+        using var owned = kernel;
         var sweep = new JsonArray();
         foreach (var rows in new[] { 1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512, 3137 })
         {
