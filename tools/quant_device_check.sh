@@ -4,10 +4,11 @@
 #   device: bash tools/quant_device_check.sh "$OUT"          (device tool, carry [".device"])
 #   local:  tar -xzf FILES_AT/quant.tar.gz; read quant/summary.txt, the records in quant/*.json
 # (a) re-runs the numpy fixture maker and compares its output with the committed fixtures byte for byte;
-# (b) CUDA smoke tests: the AWQ and GPTQ fixture models and on-load int4/int8 generate (bf16 and f32);
 # (c) prunekernel bench, llava-1.5-7b shapes, bf16, 2,560 text tokens, pruning off, one process per mode
-#     (none, int8, int8 with the fused kernel off, int4 with the kernel sweep), so each peak is its own;
-# (d) the llava-1.5-13b int4 memory check.
+#     (none, int4 and int8 with the kernel sweep), so each peak is its own;
+# (d) the llava-1.5-13b int4 memory check;
+# (b) CUDA smoke tests: the AWQ and GPTQ fixture models, the demonstration model unquantized and int4;
+# then, while the deadline allows, int8 with the fused kernel off and int4 with tinygemm for every product.
 # Quantized records carry quant_kernels (which paths were taken), quant_notes (why a fast path was refused, if one
 # was), quant_error (per-layer and logits error against the unquantized weights) and quant_kernel_sweep (int4:
 # dense vs tinygemm vs dequantize by row count, to set LinearKernel.DecodeRowsThreshold).
@@ -57,30 +58,28 @@ else
   echo "fixture maker failed (see fixtures.log)" > "$raw/fixtures.txt"
 fi
 
-# (b) CUDA smoke tests: packed checkpoints and on-load quantization generate (tiny shapes take the dequantizing path).
+# (c) llava-1.5-7b shapes, one process per mode (the measurements that matter most come first).
+common=(bench --device cuda --dtype bf16 --text-tokens 2560 --pruning off --decode-tokens "$decode" --iterations 5 --warmup 2)
+pk "${common[@]}" --shape llava-1.5-7b --quantize none --output "$raw/pk-7b-none.json" >> "$raw/pk.log" 2>&1
+pk "${common[@]}" --shape llava-1.5-7b --quantize int4 --kernel-sweep --output "$raw/pk-7b-int4.json" >> "$raw/pk.log" 2>&1
+pk "${common[@]}" --shape llava-1.5-7b --quantize int8 --kernel-sweep --output "$raw/pk-7b-int8.json" >> "$raw/pk.log" 2>&1
+
+# (d) 13b shapes in int4: the memory target (under 12 GB).
+pk "${common[@]}" --shape llava-1.5-13b --quantize int4 --decode-tokens 16 --output "$raw/pk-13b-int4.json" >> "$raw/pk.log" 2>&1
+
+# (b) CUDA smoke tests: packed checkpoints (tiny shapes take the dequantizing path) and the demonstration model, whose
+# shapes fit tinygemm (hidden 128, intermediate 384, group 128): the fused path on trained weights.
 img=tests/fixtures/images/img03.png
 for m in awq gptq; do
   pk generate --model "tests/fixtures/models/llava-tiny-$m" --image "$img" --prompt "What is in this image?" --max-new-tokens 12 \
     --device cuda --dtype f32 --format json > "$raw/gen-$m-cuda.json" 2>> "$raw/pk.log"
 done
-for q in int8 int4; do
-  pk generate --model tests/fixtures/models/llava-tiny-f32 --image "$img" --prompt "What is in this image?" --max-new-tokens 12 \
-    --device cuda --dtype f32 --quantize "$q" --quantize-group-size 16 --format json > "$raw/gen-f32-$q-cuda.json" 2>> "$raw/pk.log"
+for q in none int4; do
+  pk generate --model models/demo-llava-tiny --image samples/images/scene.png --prompt "What colour is the heart? Answer with a single word." \
+    --max-new-tokens 8 --device cuda --dtype bf16 --quantize "$q" --format json > "$raw/gen-demo-bf16-$q.json" 2>> "$raw/pk.log"
 done
-# The demonstration model's shapes fit tinygemm (hidden 128, intermediate 384, group 128): the fused path on real weights.
-pk generate --model models/demo-llava-tiny --image samples/images/scene.png --prompt "What colour is the heart? Answer with a single word." \
-  --max-new-tokens 8 --device cuda --dtype bf16 --format json > "$raw/gen-demo-bf16-none.json" 2>> "$raw/pk.log"
-pk generate --model models/demo-llava-tiny --image samples/images/scene.png --prompt "What colour is the heart? Answer with a single word." \
-  --max-new-tokens 8 --device cuda --dtype bf16 --quantize int4 --format json > "$raw/gen-demo-bf16-int4.json" 2>> "$raw/pk.log"
 
-# (c) llava-1.5-7b shapes, one process per mode.
-common=(bench --device cuda --dtype bf16 --text-tokens 2560 --pruning off --decode-tokens "$decode" --iterations 5 --warmup 2)
-pk "${common[@]}" --shape llava-1.5-7b --quantize none --output "$raw/pk-7b-none.json" >> "$raw/pk.log" 2>&1
-pk "${common[@]}" --shape llava-1.5-7b --quantize int4 --kernel-sweep --output "$raw/pk-7b-int4.json" >> "$raw/pk.log" 2>&1
-pk "${common[@]}" --shape llava-1.5-7b --quantize int8 --kernel-sweep --output "$raw/pk-7b-int8.json" >> "$raw/pk.log" 2>&1
+# Extras while time is left: int8 with its fused kernel off (which int8 path decodes faster), and int4 with every
+# product on tinygemm, prefill included (whether the dequantizing path pays for itself).
 PRUNEKERNEL_QUANT_KERNELS=dequant pk "${common[@]}" --shape llava-1.5-7b --quantize int8 --output "$raw/pk-7b-int8-dequant.json" >> "$raw/pk.log" 2>&1
-
-# (d) 13b shapes in int4: the memory target (under 12 GB).
-pk "${common[@]}" --shape llava-1.5-13b --quantize int4 --decode-tokens 16 --output "$raw/pk-13b-int4.json" >> "$raw/pk.log" 2>&1
-# If time is left: int4 with every product on tinygemm (prefill included), to see whether the dequantizing path pays.
 PRUNEKERNEL_QUANT_DECODE_ROWS=1000000 pk "${common[@]}" --shape llava-1.5-7b --quantize int4 --output "$raw/pk-7b-int4-alltinygemm.json" >> "$raw/pk.log" 2>&1
