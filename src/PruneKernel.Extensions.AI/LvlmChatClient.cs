@@ -96,7 +96,15 @@ public sealed class LvlmChatClient : IChatClient
             throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(options));
         }
 
-        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions { Device = options.Device, DType = options.DType, Engine = options.ToEngineOptions() });
+        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions
+        {
+            Device = options.Device,
+            DType = options.DType,
+            Quantization = options.Quantization,
+            QuantizationGroupSize = options.QuantizationGroupSize,
+            QuantizeLmHead = options.QuantizeLmHead,
+            Engine = options.ToEngineOptions(),
+        });
         if (options.ImageCacheBytes > 0)
         {
             model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);

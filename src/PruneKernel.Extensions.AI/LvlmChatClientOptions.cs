@@ -12,6 +12,15 @@ public sealed class LvlmChatClientOptions
     /// <summary>"f32", "bf16" or "f16"; null picks the runtime's default for the device.</summary>
     public string? DType { get; set; }
 
+    /// <summary>Quantize the decoder's linear layers on load: None (default), Int8 or Int4 (binds from "int4" etc.).</summary>
+    public WeightQuantization Quantization { get; set; } = WeightQuantization.None;
+
+    /// <summary>Inputs per int4 group.</summary>
+    public int QuantizationGroupSize { get; set; } = 128;
+
+    /// <summary>Also quantize lm_head.</summary>
+    public bool QuantizeLmHead { get; set; }
+
     /// <summary>Model id reported in responses; default: the folder name.</summary>
     public string? ModelId { get; set; }
 

@@ -5,6 +5,7 @@ using PruneKernel.Engine;
 using PruneKernel.Generation;
 using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
+using PruneKernel.Quantization;
 using PruneKernel.Runtime;
 using PruneKernel.Sampling;
 using PruneKernel.Text;
@@ -27,6 +28,19 @@ public sealed record LvlmLoadOptions
 
     /// <summary>Scheduling and caching of the generation engine: batch size, queue bound, prefix cache, CUDA graphs.</summary>
     public EngineOptions Engine { get; init; } = new();
+
+    /// <summary>
+    /// Quantize the decoder's linear layers while loading (tensor by tensor from the memory-mapped file, on the target
+    /// device; the unquantized model is never held whole). Pre-quantized AWQ/GPTQ checkpoints load in their own format
+    /// whatever this says; it then applies only to layers the checkpoint left unpacked.
+    /// </summary>
+    public WeightQuantization Quantization { get; init; } = WeightQuantization.None;
+
+    /// <summary>Inputs per int4 group (default 128); must divide every decoder layer's inputs.</summary>
+    public int QuantizationGroupSize { get; init; } = 128;
+
+    /// <summary>Also quantize lm_head (off by default: it sees every logit, so its error is the most visible).</summary>
+    public bool QuantizeLmHead { get; init; }
 }
 
 /// <summary>
@@ -117,6 +131,9 @@ public sealed class Lvlm : IDisposable
     /// <summary>Requests in the batch (in their prompt pass or decoding).</summary>
     public int ActiveRequests => _engine.ActiveCount;
 
+    /// <summary>How the decoder's weights are held: "none", "int4-g128", "awq 4-bit g128", ...</summary>
+    public string Quantization { get; private init; } = "none";
+
     /// <summary>Loads config, weights (memory-mapped safetensors, one or many shards), tokenizer and processor from a folder.</summary>
     /// <exception cref="ModelConfigException">config.json is missing, malformed or unsupported.</exception>
     /// <exception cref="CheckpointFormatException">Weights are missing, malformed or do not match the config.</exception>
@@ -141,11 +158,18 @@ public sealed class Lvlm : IDisposable
         var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
         var dynamicRate = LengthDependentRate.FromModelFolder(modelFolder);
 
+        if (options.QuantizationGroupSize <= 0)
+        {
+            throw new PruneKernelException($"QuantizationGroupSize must be positive (got {options.QuantizationGroupSize}).");
+        }
+
+        var plan = new QuantizationPlan(options.Quantization, options.QuantizationGroupSize, options.QuantizeLmHead, config.Quantization);
         using var weights = CheckpointWeights.Open(modelFolder);
-        var model = new LlavaForConditionalGeneration(config, dtype, device);
+        var model = new LlavaForConditionalGeneration(config, dtype, device, plan.DefersDecoder,
+            LlavaWeightLoader.DefersLmHead(plan, weights));
         try
         {
-            LlavaWeightLoader.Load(model, weights, modelFolder, cancellationToken);
+            LlavaWeightLoader.Load(model, weights, modelFolder, plan, cancellationToken);
         }
         catch
         {
@@ -160,7 +184,11 @@ public sealed class Lvlm : IDisposable
             torch.cuda.synchronize();
         }
 
-        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults, options.Engine) { DynamicRate = dynamicRate };
+        return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults, options.Engine)
+        {
+            DynamicRate = dynamicRate,
+            Quantization = plan.Describe(),
+        };
     }
 
     /// <summary>

@@ -7,7 +7,9 @@ using PruneKernel.Generation;
 using PruneKernel.Language;
 using PruneKernel.Models.Llava;
 using PruneKernel.Pruning;
+using PruneKernel.Quantization;
 using PruneKernel.Runtime;
+using PruneKernel.Sampling;
 using PruneKernel.Text;
 using PruneKernel.Vision;
 using TorchSharp;
@@ -46,7 +48,10 @@ internal static class BenchCommand
     };
 
     private sealed record Settings(string Shape, Device Device, string DTypeName, ScalarType DType, int VisualTokens, double Rate, int PruneLayers,
-        int Decode, int Batch, int Warmup, int Iterations, bool Graphs);
+        int Decode, int Batch, int Warmup, int Iterations, bool Graphs)
+    {
+        public bool Constrained { get; init; }
+    }
 
     public static Command Create()
     {
@@ -66,10 +71,15 @@ internal static class BenchCommand
         var chatTurns = new Option<int>("--chat-turns") { Description = "Also run an N-turn chat (one image, ~150 new tokens a turn): TTFT with and without the prefix cache.", DefaultValueFactory = _ => 0 };
         var concurrency = new Option<int[]>("--concurrency") { Description = "Also run N concurrent streams of --decode-tokens each (repeatable), prompts cycling through --text-tokens.", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [] };
         var noGraphs = new Option<bool>("--no-graphs") { Description = "Decode eagerly (no CUDA graphs)." };
+        var constrained = new Option<bool>("--constrained") { Description = "Also decode under a 5-field JSON-schema constraint and report its cost per token." };
         var noPrefill = new Option<bool>("--no-prefill") { Description = "Skip the prompt-pass and decoding records (with --chat-turns or --concurrency)." };
+        var quantize = new Option<string>("--quantize") { Description = "none, int8 or int4: the decoder's linears quantized as drawn; records gain their error against the unquantized weights.", DefaultValueFactory = _ => "none" };
+        var groupSize = new Option<int>("--quantize-group-size") { Description = "Inputs per int4 group.", DefaultValueFactory = _ => 128 };
+        var lmHead = new Option<bool>("--quantize-lm-head") { Description = "Quantize lm_head too." };
+        var sweep = new Option<bool>("--kernel-sweep") { Description = "With --quantize: time the gate/up product's fused and dequantizing paths against the dense GEMM by row count." };
         var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
         var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, noPrefill, tokenizer })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, constrained, noPrefill, quantize, groupSize, lmHead, sweep, tokenizer })
         {
             command.Add(option);
         }
@@ -82,7 +92,10 @@ internal static class BenchCommand
                 : throw new PruneKernelException($"Unknown shape '{shapeName}' (known: {string.Join(", ", Shapes.Keys)}).");
             var dev = TorchRuntime.ResolveDevice(r.GetValue(device)!);
             var settings = new Settings(shapeName, dev, r.GetValue(dtype)!, TorchRuntime.ResolveDType(r.GetValue(dtype)!), r.GetValue(visual), r.GetValue(rate),
-                r.GetValue(layers), r.GetValue(decode), r.GetValue(batch), r.GetValue(warmup), r.GetValue(iterations), !r.GetValue(noGraphs));
+                r.GetValue(layers), r.GetValue(decode), r.GetValue(batch), r.GetValue(warmup), r.GetValue(iterations), !r.GetValue(noGraphs))
+            {
+                Constrained = r.GetValue(constrained),
+            };
             var textTokens = r.GetValue(text)!;
             var maxTokens = 1 + settings.VisualTokens + textTokens.Max() + 8 + Math.Max(settings.Decode, 1)
                 + (r.GetValue(chatTurns) * (150 + Math.Max(settings.Decode, 1) + 8));
@@ -90,7 +103,8 @@ internal static class BenchCommand
             using var noGrad = torch.no_grad();
             var contextMiB = CudaContextMiB(dev);
             var tokenizerFolder = r.GetValue(tokenizer)?.FullName ?? FindDemoModel();
-            using var network = RandomModel(textConfig, settings, maxTokens);
+            var plan = new QuantizationPlan(ModelOptions.ParseQuantization(r.GetValue(quantize)!), r.GetValue(groupSize), r.GetValue(lmHead), null);
+            using var network = RandomModel(textConfig, settings, maxTokens, plan);
             var tok = LlamaTextTokenizer.Load(tokenizerFolder);
             // No token ends generation: random weights would otherwise stop at an EOS by chance.
             var defaults = new GenerationDefaults { EosTokenIds = [-1] };
@@ -116,6 +130,7 @@ internal static class BenchCommand
                 record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
                 record["cuda_graphs"] = dev.type == DeviceType.CUDA ? lvlm.GenerationEngine.GraphsOffReason ?? "on" : null;
                 record["bandwidth_gb_s"] = bandwidth is double b ? Math.Round(b / 1e9, 1) : null;
+                record["quantization"] = plan.Describe();
                 records.Add(record);
                 console.WriteLine(record.ToJsonString());
             }
@@ -155,6 +170,25 @@ internal static class BenchCommand
                 }
             }
 
+            if (plan.DefersDecoder)
+            {
+                // After every timing, so that the reference layer's memory is in no record's peak.
+                var errors = BenchQuantization.Errors(network.language_model, network.lm_head, network.Config.Text, settings.DType, dev);
+                var kernels = network.language_model.layers[0].mlp.FusedGateUp.Kernel?.Description;
+                var table = r.GetValue(sweep) ? BenchQuantization.KernelSweep(network.Config.Text, plan, settings.DType, dev) : null;
+                foreach (var record in records.OfType<JsonObject>())
+                {
+                    record["quant_error"] = errors.DeepClone();
+                    record["quant_kernels"] = kernels;
+                    record["quant_decode_rows"] = LinearKernel.DecodeRows;
+                    record["quant_notes"] = new JsonArray(QuantizationDiagnostics.Notes.Select(n => (JsonNode?)n).ToArray());
+                    record["quant_kernel_sweep"] = table?.DeepClone();
+                }
+
+                // The records above were printed as they were measured; the error summary follows them.
+                await console.WriteLineAsync(new JsonObject { ["quantization"] = plan.Describe(), ["quant_error"] = errors, ["quant_kernels"] = kernels }.ToJsonString());
+            }
+
             if (r.GetValue(output) is { } file)
             {
                 await File.WriteAllTextAsync(file.FullName, records.ToJsonString(new JsonSerializerOptions { WriteIndented = true }), ct);
@@ -192,7 +226,7 @@ internal static class BenchCommand
     }
 
     /// <summary>The named decoder with random weights and a one-layer vision tower whose grid yields the visual tokens.</summary>
-    private static LlavaForConditionalGeneration RandomModel(JsonObject text, Settings settings, int maxTokens)
+    private static LlavaForConditionalGeneration RandomModel(JsonObject text, Settings settings, int maxTokens, QuantizationPlan plan)
     {
         var side = (int)Math.Round(Math.Sqrt(settings.VisualTokens));
         if (side * side != settings.VisualTokens)
@@ -223,8 +257,13 @@ internal static class BenchCommand
         };
         // Parsed from text, as a config.json would be (the reader expects JSON numbers, not boxed CLR values).
         var config = LlavaConfig.Parse(JsonNode.Parse(root.ToJsonString())!.AsObject(), $"bench shape {settings.Shape}");
-        var model = new LlavaForConditionalGeneration(config, settings.DType, settings.Device);
+        var model = new LlavaForConditionalGeneration(config, settings.DType, settings.Device, plan.DefersDecoder, plan.DefersDecoder && plan.LmHead);
         RandomWeights.Initialize(1234, 0.02, model);
+        if (plan.DefersDecoder)
+        {
+            // Quantized linears are drawn one at a time and quantized at once: the dense model never exists whole.
+            BenchQuantization.QuantizeDeferred(model.language_model, model.lm_head, plan, settings.DType, settings.Device);
+        }
         model.eval();
         if (settings.Device.type == DeviceType.CUDA)
         {
@@ -353,11 +392,39 @@ internal static class BenchCommand
             }
         }
 
+        if (settings.Constrained)
+        {
+            // The same decode with every token masked by a 5-field JSON schema (host-side mask and accept per token).
+            var constraint = JsonOutputConstraint.FromSchema(ConstraintBenchCommand.FiveFieldSchema);
+            var constrainedOptions = options with { Constraint = constraint, MaxNewTokens = Math.Min(settings.Decode, 64) };
+            RunBatch(lvlm, prompt, constrainedOptions, settings.Batch);
+            var mark = lvlm.GenerationEngine.RecentSteps.Count;
+            var runs = RunBatch(lvlm, prompt, constrainedOptions, settings.Batch);
+            var constrainedSteps = lvlm.GenerationEngine.RecentSteps.Skip(mark).Where(s => s.Batch == settings.Batch).Select(s => s.WallMs).ToList();
+            var constrainedMs = Median(constrainedSteps);
+            result["constrained_ms_per_token"] = Math.Round(constrainedMs, 3);
+            result["constrained_overhead"] = Math.Round((constrainedMs / wall) - 1, 4);
+            result["constrained_output_parses"] = runs.All(r => IsJson(r.Text));
+        }
+
         var kvTokens = KvTokensPerLayer(network.Config.Text.NumHiddenLayers, prompt.InputIds.Count, results[0].Pruning, settings.Decode);
         var bytes = StepBytes(network, kvTokens, settings.Batch);
         result["bytes_per_step_mb"] = Math.Round(bytes / 1e6, 1);
         result["floor_ms_per_token"] = bandwidth is double bw ? Math.Round(bytes / bw * 1000, 3) : null;
         result["decode_vs_floor"] = bandwidth is double bw2 ? Math.Round(wall / (bytes / bw2 * 1000), 3) : null;
+    }
+
+    private static bool IsJson(string text)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(text);
+            return true;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
     }
 
     private static GenerationResult[] RunBatch(Lvlm lvlm, LvlmPrompt prompt, GenerationOptions options, int batch) =>

@@ -23,7 +23,7 @@ internal static class EvalCommand
         var calibration = new Option<int>("--calibration-rows") { Description = "Image rows used to calibrate the LTP-style thresholds.", DefaultValueFactory = _ => 16 };
         var saliency = new Option<int>("--saliency-rows") { Description = "Image rows of the information-flow analysis (two backward passes each).", DefaultValueFactory = _ => 8 };
         var command = new Command("eval", "Evaluate a model on a benchmark (resumable) and write the paper's analyses as a report with figures.");
-        foreach (var option in new Option[] { model.Model, model.Device, model.DType, data, output, analyses, limit, seeds, maxNew, calibration, saliency })
+        foreach (var option in new Option[] { model.Model, model.Device, model.DType, model.Quantize, model.QuantizeGroupSize, model.QuantizeLmHead, data, output, analyses, limit, seeds, maxNew, calibration, saliency })
         {
             command.Add(option);
         }

@@ -17,6 +17,17 @@ internal sealed class ModelOptions
 
     public Option<string?> DType { get; } = new("--dtype") { Description = "f32, bf16 or f16 (default: f32 on CPU, the checkpoint's dtype on CUDA)." };
 
+    public Option<WeightQuantization> Quantize { get; } = new("--quantize")
+    {
+        Description = "Quantize the decoder's linear layers while loading: none (default), int8 or int4 (AWQ/GPTQ checkpoints load packed anyway).",
+        DefaultValueFactory = _ => WeightQuantization.None,
+        CustomParser = r => ParseQuantization(r.Tokens.Single().Value),
+    };
+
+    public Option<int> QuantizeGroupSize { get; } = new("--quantize-group-size") { Description = "Inputs per int4 group (default 128).", DefaultValueFactory = _ => 128 };
+
+    public Option<bool> QuantizeLmHead { get; } = new("--quantize-lm-head") { Description = "Quantize lm_head too." };
+
     public Option<int?> MaxNewTokens { get; } = new("--max-new-tokens") { Description = "Most tokens to generate." };
 
     public Option<float?> Temperature { get; } = new("--temperature") { Description = "0 for greedy decoding (default), > 0 to sample." };
@@ -53,7 +64,7 @@ internal sealed class ModelOptions
     {
         foreach (var option in new Option[]
         {
-            Model, Device, DType, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop, PruneRate, PruneLayers, PruneStartLayer,
+            Model, Device, DType, Quantize, QuantizeGroupSize, QuantizeLmHead, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop, PruneRate, PruneLayers, PruneStartLayer,
             PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate,
         })
         {
@@ -61,7 +72,24 @@ internal sealed class ModelOptions
         }
     }
 
-    public LvlmLoadOptions LoadOptions(ParseResult r) => new() { Device = r.GetValue(Device)!, DType = r.GetValue(DType) };
+    public LvlmLoadOptions LoadOptions(ParseResult r) => new()
+    {
+        Device = r.GetValue(Device)!,
+        DType = r.GetValue(DType),
+        Quantization = r.GetValue(Quantize),
+        QuantizationGroupSize = r.GetValue(QuantizeGroupSize),
+        QuantizeLmHead = r.GetValue(QuantizeLmHead),
+    };
+
+    /// <summary>"none", "int8" or "int4" (any case).</summary>
+    /// <exception cref="PruneKernelException">Anything else.</exception>
+    public static WeightQuantization ParseQuantization(string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "none" or "off" => WeightQuantization.None,
+        "int8" => WeightQuantization.Int8,
+        "int4" => WeightQuantization.Int4,
+        _ => throw new PruneKernelException($"Unknown quantization '{value}' (use none, int8 or int4)."),
+    };
 
     public GenerationOptions GenerationOptions(ParseResult r, Lvlm lvlm) => new()
     {

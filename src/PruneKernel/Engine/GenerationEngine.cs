@@ -498,6 +498,7 @@ internal sealed class GenerationEngine : IDisposable
                 TryCache(s);
             }
 
+            s.Publish();
             Release(s);
         }
 
@@ -565,6 +566,7 @@ internal sealed class GenerationEngine : IDisposable
         ActiveCount = 0;
         foreach (var s in all)
         {
+            s.Publish(); // a request that finished this very step still gets its result
             s.Fail(error);
             Release(s);
         }

@@ -42,6 +42,7 @@ internal sealed class Sequence : IDisposable
     private readonly TokenStreamDecoder _text;
     private CancellationToken _callerToken;
     private CancellationTokenRegistration _registration;
+    private GenerationUpdate? _final;
 
     public Sequence(long id, LvlmPrompt prompt, GenerationOptions options, int maxNewTokens, GenerationDefaults defaults,
         LlamaTextTokenizer tokenizer, TokenSampler sampler, ContextPruningOptions? pruning, string? conversationId)
@@ -230,8 +231,21 @@ internal sealed class Sequence : IDisposable
         var tail = _stops.Flush();
         State = SequenceState.Done;
         Succeeded = true;
-        _updates.Writer.TryWrite(new GenerationUpdate(_output.Count > 0 ? _output[^1] : -1, tail) { Result = result });
-        _updates.Writer.TryComplete();
+        _final = new GenerationUpdate(_output.Count > 0 ? _output[^1] : -1, tail) { Result = result };
+    }
+
+    /// <summary>
+    /// Sends the result of a finished request and closes its stream. The engine calls it after the request's prefix is
+    /// cached, so a caller that sends its next turn as soon as this one returns always finds it.
+    /// </summary>
+    public void Publish()
+    {
+        if (_final is { } final)
+        {
+            _updates.Writer.TryWrite(final);
+            _updates.Writer.TryComplete();
+            _final = null;
+        }
     }
 
     public void Dispose()

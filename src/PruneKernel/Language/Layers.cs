@@ -1,3 +1,4 @@
+using PruneKernel.Quantization;
 using TorchSharp;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;
@@ -14,12 +15,59 @@ internal static class ParameterFactory
         new(torch.empty(shape, dtype: dtype, device: device), requires_grad: false);
 }
 
-/// <summary>y = x W^T + b, with parameters named like torch.nn.Linear ("weight", "bias").</summary>
+/// <summary>
+/// Marks the linear layers built on this thread as deferred: their weights are allocated on the meta device (shape only, no
+/// memory) because the loader installs a <see cref="LinearKernel"/> (quantized, or dense) into them tensor by tensor.
+/// A scope rather than a constructor argument, so that the modules that build decoder linears (attention, MLP) need not
+/// know about quantization: whoever builds the decoder opens the scope around it.
+/// </summary>
+internal static class DeferredLinearWeights
+{
+    [ThreadStatic]
+    private static int _depth;
+
+    /// <summary>The device that holds shapes without memory.</summary>
+    public static readonly Device Meta = torch.device("meta");
+
+    /// <summary>Whether linear layers built now defer their weights.</summary>
+    public static bool Active => _depth > 0;
+
+    /// <summary>Defers the weights of every linear layer built on this thread until the scope is disposed.</summary>
+    public static IDisposable Begin()
+    {
+        _depth++;
+        return new Scope();
+    }
+
+    private sealed class Scope : IDisposable
+    {
+        private bool _done;
+
+        public void Dispose()
+        {
+            if (!_done)
+            {
+                _done = true;
+                _depth--;
+            }
+        }
+    }
+}
+
+/// <summary>
+/// y = x W^T + b, with parameters named like torch.nn.Linear ("weight", "bias"). Built inside
+/// <see cref="DeferredLinearWeights"/>, its weight is a meta-device placeholder (so loading still walks the names) and the
+/// product runs through the <see cref="LinearKernel"/> the loader installs (quantized weights, for example).
+/// </summary>
 internal sealed class Linear : nn.Module
 {
+    private readonly ScalarType _dtype;
+    private readonly Device _device;
+
     public Linear(long inFeatures, long outFeatures, bool hasBias, ScalarType dtype, Device device) : base(nameof(Linear))
     {
-        weight = ParameterFactory.Empty([outFeatures, inFeatures], dtype, device);
+        (_dtype, _device) = (dtype, device);
+        weight = ParameterFactory.Empty([outFeatures, inFeatures], dtype, DeferredLinearWeights.Active ? DeferredLinearWeights.Meta : device);
         register_parameter("weight", weight);
         if (hasBias)
         {
@@ -34,6 +82,7 @@ internal sealed class Linear : nn.Module
     /// </summary>
     public Linear(Tensor weightView, Tensor? biasView) : base(nameof(Linear))
     {
+        (_dtype, _device) = (weightView.dtype, weightView.device);
         weight = new Parameter(weightView, requires_grad: false);
         register_parameter("weight", weight);
         if (biasView is not null)
@@ -47,25 +96,98 @@ internal sealed class Linear : nn.Module
 
     public Parameter? bias { get; }
 
-    public Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+    /// <summary>The installed kernel of a deferred layer (null for an ordinary one, and for the parts of a fused projection).</summary>
+    internal LinearKernel? Kernel { get; private set; }
+
+    /// <summary>Whether the weight is a placeholder that waits for <see cref="Install"/>.</summary>
+    internal bool IsDeferred => weight.device.type == DeviceType.META;
+
+    /// <summary>For a part of a fused projection: the projection, this part's index and its first output row.</summary>
+    internal (FusedProjection Owner, int Index, long Offset)? Part { get; set; }
+
+    public Tensor forward(Tensor x)
+    {
+        if (Kernel is { } kernel)
+        {
+            return kernel.Forward(x, bias);
+        }
+
+        if (Part is { } part && part.Owner.Kernel is not null)
+        {
+            // Nothing in the engine multiplies by a single part; computing the stack and slicing keeps this correct.
+            using var scope = NewDisposeScope();
+            return part.Owner.forward(x).narrow(-1, part.Offset, weight.shape[0]).MoveToOuterDisposeScope();
+        }
+
+        return nn.functional.linear(x, weight, bias);
+    }
+
+    /// <summary>
+    /// Takes the weights of a deferred layer (ownership passes: they are disposed here). A fused projection's part hands
+    /// them to the projection, which builds one kernel once all its parts have arrived.
+    /// </summary>
+    internal void Install(LinearWeights weights)
+    {
+        if (!IsDeferred)
+        {
+            weights.Dispose();
+            throw new InvalidOperationException("Only a deferred linear layer takes installed weights.");
+        }
+
+        if (!weights.Shape.SequenceEqual(weight.shape))
+        {
+            var shape = weights.Shape;
+            weights.Dispose();
+            throw new InvalidOperationException($"weights of shape [{string.Join(", ", shape)}] for a layer of shape [{string.Join(", ", weight.shape)}]");
+        }
+
+        if (Part is { } part)
+        {
+            part.Owner.InstallPart(part.Index, weights);
+            return;
+        }
+
+        using (weights)
+        {
+            Kernel?.Dispose();
+            Kernel = LinearKernel.Create(weights, _dtype, _device);
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            Kernel?.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
 }
 
 /// <summary>
 /// Row-stacked weights of several projections of the same input (q/k/v, gate/up): one matrix product instead of
 /// several, which matters in decoding where each product is a small, launch-bound GEMV. The parts are exposed as
 /// <see cref="Linear"/> layers viewing slices of the buffer, so checkpoint names and loading are unchanged.
+/// Built inside <see cref="DeferredLinearWeights"/>, the buffer is a meta placeholder and the parts' installed weights are
+/// stacked into one <see cref="LinearKernel"/> (quantizing per output row, the stack quantizes exactly as its parts do).
 /// </summary>
 internal sealed class FusedProjection : IDisposable
 {
     private readonly Parameter _weight;
     private readonly Parameter? _bias;
+    private readonly ScalarType _dtype;
+    private readonly Device _device;
+    private readonly LinearWeights?[] _pending;
 
     public FusedProjection(long inFeatures, long[] outFeatures, bool hasBias, ScalarType dtype, Device device)
     {
+        (_dtype, _device) = (dtype, device);
         var total = outFeatures.Sum();
+        var weightDevice = DeferredLinearWeights.Active ? DeferredLinearWeights.Meta : device;
         // Parameters (not plain tensors) so that training can make the whole buffer the leaf gradients reach: the
         // forward pass multiplies by the buffer, never by the parts' views.
-        _weight = new Parameter(torch.empty([total, inFeatures], dtype: dtype, device: device).DetachFromDisposeScope(), requires_grad: false);
+        _weight = new Parameter(torch.empty([total, inFeatures], dtype: dtype, device: weightDevice).DetachFromDisposeScope(), requires_grad: false);
         _weight.DetachFromDisposeScope();
         if (hasBias)
         {
@@ -77,11 +199,12 @@ internal sealed class FusedProjection : IDisposable
         long offset = 0;
         for (var i = 0; i < outFeatures.Length; i++)
         {
-            parts[i] = new Linear(_weight.narrow(0, offset, outFeatures[i]), _bias?.narrow(0, offset, outFeatures[i]));
+            parts[i] = new Linear(_weight.narrow(0, offset, outFeatures[i]), _bias?.narrow(0, offset, outFeatures[i])) { Part = (this, i, offset) };
             offset += outFeatures[i];
         }
 
         Parts = parts;
+        _pending = new LinearWeights?[outFeatures.Length];
     }
 
     /// <summary>The projections, in stacking order.</summary>
@@ -93,14 +216,49 @@ internal sealed class FusedProjection : IDisposable
     /// <summary>The stacked bias, or null.</summary>
     public Parameter? Bias => _bias;
 
+    /// <summary>The installed kernel of a deferred projection, once every part has arrived.</summary>
+    internal LinearKernel? Kernel { get; private set; }
+
     /// <summary>All projections at once: [..., sum of output features].</summary>
-    public Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);
+    public Tensor forward(Tensor x) => Kernel is { } kernel ? kernel.Forward(x, _bias) : nn.functional.linear(x, _weight, _bias);
+
+    /// <summary>Keeps one part's weights until all parts are in, then stacks them into the kernel.</summary>
+    internal void InstallPart(int index, LinearWeights weights)
+    {
+        _pending[index]?.Dispose();
+        _pending[index] = weights;
+        if (_pending.Any(p => p is null))
+        {
+            return;
+        }
+
+        var parts = _pending.Select(p => p!).ToArray();
+        Array.Clear(_pending);
+        try
+        {
+            using var stacked = LinearWeights.Stack(parts);
+            Kernel?.Dispose();
+            Kernel = LinearKernel.Create(stacked, _dtype, _device);
+        }
+        finally
+        {
+            foreach (var part in parts)
+            {
+                part.Dispose();
+            }
+        }
+    }
 
     /// <summary>Releases this handle on the buffer; its memory goes once the parts' parameters are disposed too.</summary>
     public void Dispose()
     {
         _weight.Dispose();
         _bias?.Dispose();
+        Kernel?.Dispose();
+        foreach (var pending in _pending)
+        {
+            pending?.Dispose();
+        }
     }
 }
 

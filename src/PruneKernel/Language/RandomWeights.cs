@@ -18,6 +18,12 @@ internal static class RandomWeights
         {
             foreach (var (name, parameter) in module.named_parameters())
             {
+                // Deferred (quantized) linears have no storage here; their kernels are filled by whoever deferred them.
+                if (parameter.device.type == DeviceType.META)
+                {
+                    continue;
+                }
+
                 // LayerNorm / RMSNorm scales ("input_layernorm", "layer_norm1", "pre_layrnorm", "norm") start as identity.
                 var leaf = name[(name.LastIndexOf('.') + 1)..];
                 var owner = name.Contains('.', StringComparison.Ordinal) ? name[..name.LastIndexOf('.')] : "";

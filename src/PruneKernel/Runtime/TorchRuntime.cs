@@ -174,11 +174,17 @@ public static class TorchRuntime
         return ((delegate* unmanaged<IntPtr, byte>)userEnabled)(context) != 0;
     }
 
-    private static bool TryLoadTorchCpu(out IntPtr library)
+    private static bool TryLoadTorchCpu(out IntPtr library) => TryLoadTorchLibrary("libtorch_cpu.so", out library);
+
+    /// <summary>
+    /// Opens one of libtorch's libraries (libtorch_cpu.so, libtorch_cuda.so) from the preloaded folder or from where
+    /// TorchSharp found its natives, to reach C entry points TorchSharp does not bind.
+    /// </summary>
+    internal static bool TryLoadTorchLibrary(string fileName, out IntPtr library)
     {
         library = IntPtr.Zero;
-        return (_preloadedFrom is not null && NativeLibrary.TryLoad(Path.Combine(_preloadedFrom, "libtorch_cpu.so"), out library))
-            || NativeLibrary.TryLoad("libtorch_cpu.so", typeof(torch).Assembly, null, out library);
+        return (_preloadedFrom is not null && NativeLibrary.TryLoad(Path.Combine(_preloadedFrom, fileName), out library))
+            || NativeLibrary.TryLoad(fileName, typeof(torch).Assembly, null, out library);
     }
 
     /// <summary>Parses "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16".</summary>

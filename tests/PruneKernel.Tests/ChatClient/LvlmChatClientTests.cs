@@ -236,6 +236,18 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     }
 
     [Fact]
+    public void QuantizationBindsFromConfiguration()
+    {
+        var json = """{ "PruneKernel": { "ModelPath": "m", "Quantization": "int4", "QuantizationGroupSize": 64, "QuantizeLmHead": true } }""";
+        var configuration = new ConfigurationBuilder().AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json))).Build();
+        var options = new LvlmChatClientOptions();
+        configuration.GetSection("PruneKernel").Bind(options);
+        Assert.Equal(WeightQuantization.Int4, options.Quantization);
+        Assert.Equal(64, options.QuantizationGroupSize);
+        Assert.True(options.QuantizeLmHead);
+    }
+
+    [Fact]
     public async Task MeterReportsTokensPrunedTokensCacheAndLatency()
     {
         var totals = new System.Collections.Concurrent.ConcurrentDictionary<string, double>();

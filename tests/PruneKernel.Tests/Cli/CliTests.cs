@@ -112,6 +112,27 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task BenchQuantizesAndReportsTheErrorAgainstUnquantizedWeights()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"bench-quant-{Guid.NewGuid():N}.json");
+        var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "24", "--visual-tokens", "9",
+            "--iterations", "1", "--warmup", "0", "--pruning", "off", "--decode-tokens", "2", "--quantize", "int4", "--quantize-group-size", "32",
+            "--output", file);
+        Assert.True(code == 0, stderr);
+        var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length); // the record, then the error summary
+        Assert.Contains("\"quant_error\"", lines[1], StringComparison.Ordinal);
+        using var record = JsonDocument.Parse(File.ReadAllText(file));
+        File.Delete(file);
+        var root = record.RootElement[0];
+        Assert.Equal("int4-g32", root.GetProperty("quantization").GetString());
+        var error = root.GetProperty("quant_error");
+        Assert.Equal(4, error.GetProperty("layer_rel_err").GetArrayLength());
+        Assert.InRange(error.GetProperty("logits_rel_err").GetDouble(), 1e-6, 0.5);
+        Assert.StartsWith("int4 g32", root.GetProperty("quant_kernels").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task BenchRunsATinyShapeOnTheCpu()
     {
         var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "9",

@@ -76,6 +76,9 @@ public sealed record LlavaConfig
     /// <summary>Video tokens per frame: the pooled patch grid (LLaVA-NeXT-Video), 0 for families without video.</summary>
     public int VideoTokensPerFrame => VideoTokenId is null ? 0 : (int)Math.Pow(Vision.ImageSize / Vision.PatchSize / SpatialPoolStride, 2);
 
+    /// <summary>The checkpoint's packing when it is pre-quantized (AWQ, GPTQ; config.json's quantization_config), else null.</summary>
+    public PruneKernel.Quantization.CheckpointQuantization? Quantization { get; init; }
+
     /// <summary>The dtype the checkpoint was saved in ("float32", "bfloat16", "float16"), if stated.</summary>
     public string? TorchDtype { get; init; }
 
@@ -218,6 +221,7 @@ public sealed record LlavaConfig
             Text = text,
             Vision = vision,
             TieWordEmbeddings = r.OptionalBool("tie_word_embeddings") ?? text.TieWordEmbeddings,
+            Quantization = PruneKernel.Quantization.CheckpointQuantization.Parse(root, source),
             TorchDtype = r.OptionalString("dtype") ?? r.OptionalString("torch_dtype") ?? text.TorchDtype,
         };
     }

@@ -50,13 +50,23 @@ internal sealed class LlavaMultiModalProjector : nn.Module
 /// </summary>
 internal sealed class LlavaForConditionalGeneration : nn.Module
 {
-    public LlavaForConditionalGeneration(LlavaConfig config, ScalarType dtype, Device device) : base(nameof(LlavaForConditionalGeneration))
+    /// <param name="config">The checkpoint's configuration.</param>
+    /// <param name="dtype">The model dtype.</param>
+    /// <param name="device">Where the weights live.</param>
+    /// <param name="deferDecoderLinears">Build the decoder's linears deferred: the loader installs their (quantized) kernels.</param>
+    /// <param name="deferLmHead">The same for lm_head.</param>
+    public LlavaForConditionalGeneration(LlavaConfig config, ScalarType dtype, Device device, bool deferDecoderLinears = false, bool deferLmHead = false)
+        : base(nameof(LlavaForConditionalGeneration))
     {
         Config = config;
         DType = dtype;
         Device = device;
         vision_tower = new ClipVisionTower(config.Vision, config.VisionFeatureLayers, config.VisionFeaturesAfterPostLayerNorm, dtype, device);
-        language_model = new LlamaModel(config.Text, dtype, device);
+        using (deferDecoderLinears ? DeferredLinearWeights.Begin() : null)
+        {
+            language_model = new LlamaModel(config.Text, dtype, device);
+        }
+
         if (config.HighResVision is { } high)
         {
             // DeepSeek-VL hybrid: SAM encoder, a second neck for its first global layer, the shared downsampler, the
@@ -85,7 +95,11 @@ internal sealed class LlavaForConditionalGeneration : nn.Module
             register_parameter("image_newline", image_newline);
         }
 
-        lm_head = new Linear(config.Text.HiddenSize, config.Text.VocabSize, false, dtype, device);
+        using (deferLmHead ? DeferredLinearWeights.Begin() : null)
+        {
+            lm_head = new Linear(config.Text.HiddenSize, config.Text.VocabSize, false, dtype, device);
+        }
+
         register_module("vision_tower", vision_tower);
         register_module("language_model", language_model);
         register_module("lm_head", lm_head);

@@ -1,4 +1,6 @@
 using PruneKernel.Checkpoints;
+using PruneKernel.Language;
+using PruneKernel.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,7 +12,9 @@ namespace PruneKernel.Models.Llava;
 /// <c>language_model.lm_head.*</c>, <c>vision_tower.vision_model.*</c>), transformers 5's module names
 /// (<c>model.language_model.*</c>, <c>lm_head.*</c>, <c>model.vision_tower.*</c>), and transformers 5.17's saved form
 /// (the hub's language-model names with <c>vision_tower.*</c> lacking <c>vision_model.</c>). Every key is normalised
-/// to our parameter names, so all of them load.
+/// to our parameter names, so all of them load. Deferred linear layers (quantization) are filled tensor by tensor: each
+/// dense weight is read from the mapping, moved to the device and quantized there, and each packed AWQ/GPTQ layer is
+/// unpacked, so the unquantized model never exists whole.
 /// </summary>
 internal static class LlavaWeightLoader
 {
@@ -57,10 +61,21 @@ internal static class LlavaWeightLoader
             : null;
     }
 
-    /// <summary>Maps each of our parameter names to the checkpoint key that holds it.</summary>
-    private static Dictionary<string, string> KeysByParameter(CheckpointWeights weights, string folder)
+    /// <summary>Whether lm_head must be built deferred: quantized on request, or packed in the checkpoint.</summary>
+    public static bool DefersLmHead(QuantizationPlan plan, CheckpointWeights weights) =>
+        (plan.LmHead && plan.Mode != WeightQuantization.None)
+        || (plan.Checkpoint is not null && weights.Names.Any(k => k.EndsWith(".qweight", StringComparison.Ordinal)
+            && ParameterName(k) is "lm_head.qweight"));
+
+    /// <summary>
+    /// Maps each of our parameter names to the checkpoint key that holds it. For a pre-quantized checkpoint, the tensors of
+    /// packed layers (qweight, qzeros, scales, g_idx) are collected per layer (our module name) in <paramref name="packed"/>.
+    /// </summary>
+    private static Dictionary<string, string> KeysByParameter(CheckpointWeights weights, string folder, bool prequantized,
+        out Dictionary<string, Dictionary<string, string>> packed)
     {
         var map = new Dictionary<string, string>(StringComparer.Ordinal);
+        packed = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal);
         foreach (var key in weights.Names)
         {
             // Rotary inverse frequencies are recomputed from config; old checkpoints sometimes stored them.
@@ -77,6 +92,18 @@ internal static class LlavaWeightLoader
 
             var name = ParameterName(key)
                 ?? throw new CheckpointFormatException(weights.FileOf(key), "tensor belongs to no part of a LLaVA model (language model, lm_head, vision tower, projector).", key);
+            var dot = name.LastIndexOf('.');
+            if (prequantized && dot > 0 && PackedCheckpointWeights.Suffixes.Contains(name[(dot + 1)..]))
+            {
+                var parts = packed.TryGetValue(name[..dot], out var existing) ? existing : packed[name[..dot]] = new(StringComparer.Ordinal);
+                if (!parts.TryAdd(name[(dot + 1)..], key))
+                {
+                    throw new CheckpointFormatException(folder, $"tensors '{parts[name[(dot + 1)..]]}' and '{key}' are two spellings of the same weight.", key);
+                }
+
+                continue;
+            }
+
             if (!map.TryAdd(name, key))
             {
                 throw new CheckpointFormatException(folder, $"tensors '{map[name]}' and '{key}' are two spellings of the same weight.", key);
@@ -86,15 +113,32 @@ internal static class LlavaWeightLoader
         return map;
     }
 
-    public static void Load(LlavaForConditionalGeneration model, CheckpointWeights weights, string folder, CancellationToken cancellationToken = default)
+    public static void Load(LlavaForConditionalGeneration model, CheckpointWeights weights, string folder, QuantizationPlan? plan = null,
+        CancellationToken cancellationToken = default)
     {
-        var keys = KeysByParameter(weights, folder);
+        plan ??= new QuantizationPlan(WeightQuantization.None, 128, false, model.Config.Quantization);
+        var keys = KeysByParameter(weights, folder, plan.Checkpoint is not null, out var packed);
+        var deferred = model.named_modules().Where(m => m.module is Linear { IsDeferred: true })
+            .ToDictionary(m => m.name, m => (Linear)m.module, StringComparer.Ordinal);
+        var usedPacked = new HashSet<string>(StringComparer.Ordinal);
         var used = new HashSet<string>(StringComparer.Ordinal);
         var missing = new List<string>();
         using var noGrad = torch.no_grad();
         foreach (var (name, parameter) in model.named_parameters())
         {
             cancellationToken.ThrowIfCancellationRequested();
+            if (parameter.device.type == DeviceType.META)
+            {
+                var module = name[..name.LastIndexOf('.')];
+                if (!LoadDeferred(model, weights, plan, deferred[module], module, name, parameter.shape, keys, packed))
+                {
+                    missing.Add(name);
+                }
+
+                used.Add(name);
+                usedPacked.Add(module);
+                continue;
+            }
             if (!keys.TryGetValue(name, out var key))
             {
                 if (name == "lm_head.weight" && model.Config.TieWordEmbeddings)
@@ -125,11 +169,58 @@ internal static class LlavaWeightLoader
                 $"{missing.Count} tensor(s) the model needs are missing, e.g. {string.Join(", ", missing.Take(5))}.", missing[0]);
         }
 
-        var unexpected = keys.Where(kv => !used.Contains(kv.Key)).Select(kv => kv.Value).ToList();
+        var unexpected = keys.Where(kv => !used.Contains(kv.Key)).Select(kv => kv.Value)
+            .Concat(packed.Where(kv => !usedPacked.Contains(kv.Key)).SelectMany(kv => kv.Value.Values)).ToList();
         if (unexpected.Count > 0)
         {
             throw new CheckpointFormatException(weights.FileOf(unexpected[0]),
                 $"{unexpected.Count} tensor(s) do not belong to this model configuration, e.g. {string.Join(", ", unexpected.Take(5))}.", unexpected[0]);
         }
+    }
+
+    /// <summary>
+    /// Fills one deferred linear layer: unpacks its AWQ/GPTQ tensors, or reads its dense weight, moves it to the device in
+    /// the model dtype and quantizes it there (tied lm_head: from the embedding). False when the checkpoint lacks it.
+    /// </summary>
+    private static bool LoadDeferred(LlavaForConditionalGeneration model, CheckpointWeights weights, QuantizationPlan plan, Linear linear,
+        string module, string name, long[] shape, Dictionary<string, string> keys, Dictionary<string, Dictionary<string, string>> packed)
+    {
+        using var scope = torch.NewDisposeScope();
+        LinearWeights loaded;
+        if (plan.Checkpoint is { } checkpoint && packed.TryGetValue(module, out var parts))
+        {
+            loaded = PackedCheckpointWeights.Unpack(checkpoint, parts, weights, module, shape, model.Device);
+        }
+        else if (keys.TryGetValue(name, out var key))
+        {
+            var info = weights.GetInfo(key);
+            if (!info.Shape.SequenceEqual(shape))
+            {
+                throw new CheckpointFormatException(weights.FileOf(key),
+                    $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", shape)}] (check config.json).", key);
+            }
+
+            using var source = weights.ReadTensor(key);
+            loaded = plan.FromDense(source.to(model.DType, model.Device), name);
+        }
+        else if (name == "lm_head.weight" && model.Config.TieWordEmbeddings)
+        {
+            loaded = plan.FromDense(model.language_model.embed_tokens.weight, name);
+        }
+        else
+        {
+            return false;
+        }
+
+        try
+        {
+            linear.Install(loaded);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CheckpointFormatException(weights.Folder, $"cannot install '{module}': {e.Message}", module);
+        }
+
+        return true;
     }
 }
