@@ -21,6 +21,16 @@ public sealed record LvlmLoadOptions
     /// "f32", "bf16" or "f16". Default: f32 on the CPU (CPU half-precision kernels are slow), the checkpoint's own dtype on CUDA.
     /// </summary>
     public string? DType { get; init; }
+
+    /// <summary>
+    /// Verify while loading that every floating-point weight is finite (no NaN or infinity), failing with a
+    /// <see cref="CheckpointFormatException"/> that names the tensor and the element. It reads each tensor's bytes once more
+    /// from the mapped file, without extra memory (docs/security.md gives the cost). Off by default; the CLI turns it on.
+    /// </summary>
+    public bool CheckWeights { get; init; }
+
+    /// <summary>Aspect-ratio and intermediate-size limits of image preprocessing (the decoding limits are the decoder's).</summary>
+    public ImageLimits ImageLimits { get; init; } = ImageLimits.Default;
 }
 
 /// <summary>
@@ -106,7 +116,7 @@ public sealed class Lvlm : IDisposable
             : TorchRuntime.ResolveDType(config.TorchDtype);
         var tokenizer = LlamaTextTokenizer.Load(modelFolder);
         var template = ChatTemplates.ForModel(modelFolder);
-        var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder));
+        var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder), options.ImageLimits);
         var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
         var dynamicRate = LengthDependentRate.FromModelFolder(modelFolder);
 

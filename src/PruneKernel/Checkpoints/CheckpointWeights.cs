@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using System.Text.Json;
+using PruneKernel.Runtime;
 using TorchSharp;
 
 namespace PruneKernel.Checkpoints;
@@ -151,14 +152,7 @@ public sealed class CheckpointWeights : IDisposable
         byte[] bytes;
         try
         {
-            using var stream = new FileStream(indexPath, FileMode.Open, FileAccess.Read, FileShare.Read);
-            if (stream.Length > MaxIndexBytes)
-            {
-                throw new CheckpointFormatException(indexPath, $"the index is {stream.Length} bytes, over the {MaxIndexBytes}-byte limit");
-            }
-
-            bytes = new byte[stream.Length];
-            stream.ReadExactly(bytes);
+            bytes = BoundedFile.ReadAllBytes(indexPath, MaxIndexBytes);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {

@@ -1,4 +1,5 @@
 using System.IO.MemoryMappedFiles;
+using PruneKernel.Runtime;
 using TorchSharp;
 
 namespace PruneKernel.Checkpoints;
@@ -53,7 +54,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
         try
         {
             fullPath = System.IO.Path.GetFullPath(path);
-            stream = new FileStream(fullPath, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.RandomAccess);
+            // Only regular files: a FIFO would block the open and a device has no length to validate offsets against.
+            (stream, _) = BoundedFile.OpenRegular(fullPath, long.MaxValue);
             var length = stream.Length;
             Span<byte> prefix = stackalloc byte[SafetensorsHeader.LengthPrefixBytes];
             var got = stream.ReadAtLeast(prefix, prefix.Length, throwOnEndOfStream: false);

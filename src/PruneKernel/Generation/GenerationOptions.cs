@@ -124,7 +124,7 @@ public sealed record GenerationDefaults
         JsonObject json;
         try
         {
-            json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
+            json = JsonFiles.Parse(path) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Text.Json.JsonException)
         {

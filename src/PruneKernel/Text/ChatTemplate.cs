@@ -195,7 +195,15 @@ public static class ChatTemplates
             var path = Path.Combine(modelFolder, name);
             if (File.Exists(path))
             {
-                source = File.ReadAllText(path);
+                try
+                {
+                    source = Runtime.BoundedFile.ReadAllText(path, Runtime.BoundedFile.ConfigBytes);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new TokenizerException($"{path}: cannot read the chat template ({e.Message}).", e);
+                }
+
                 break;
             }
         }

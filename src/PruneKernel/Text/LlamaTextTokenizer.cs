@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
+using PruneKernel.Runtime;
 
 namespace PruneKernel.Text;
 
@@ -100,7 +101,7 @@ public sealed class LlamaTextTokenizer
         var pieces = SentencePieceModel.ReadPieces(modelPath);
         var added = new Dictionary<int, (string Content, bool Special)>();
         var config = ReadJson(Path.Combine(modelFolder, "tokenizer_config.json"));
-        var tokenizerJson = ReadJson(Path.Combine(modelFolder, "tokenizer.json"));
+        var tokenizerJson = ReadJson(Path.Combine(modelFolder, "tokenizer.json"), BoundedFile.TokenizerBytes);
         var merges = ReadMerges(tokenizerJson?["model"]?["merges"]);
         if (tokenizerJson?["added_tokens"] is JsonArray list)
         {
@@ -197,7 +198,7 @@ public sealed class LlamaTextTokenizer
         return merges;
     }
 
-    private static JsonNode? ReadJson(string path)
+    private static JsonNode? ReadJson(string path, long maxBytes = BoundedFile.ConfigBytes)
     {
         if (!File.Exists(path))
         {
@@ -206,7 +207,7 @@ public sealed class LlamaTextTokenizer
 
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path));
+            return JsonFiles.Parse(path, maxBytes);
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or IOException or UnauthorizedAccessException)
         {

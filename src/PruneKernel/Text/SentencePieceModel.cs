@@ -1,4 +1,5 @@
 using System.Text;
+using PruneKernel.Runtime;
 
 namespace PruneKernel.Text;
 
@@ -27,7 +28,7 @@ internal static class SentencePieceModel
         byte[] bytes;
         try
         {
-            bytes = File.ReadAllBytes(path);
+            bytes = BoundedFile.ReadAllBytes(path, BoundedFile.TokenizerBytes);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -114,7 +114,7 @@ public sealed record LlavaConfig
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+            root = JsonFiles.Parse(path) as JsonObject
                 ?? throw new ModelConfigException($"{path}: the top level is not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
