@@ -101,6 +101,7 @@ public sealed class Lvlm : IDisposable
     /// <exception cref="ModelConfigException">config.json is missing, malformed or unsupported.</exception>
     /// <exception cref="CheckpointFormatException">Weights are missing, malformed or do not match the config.</exception>
     /// <exception cref="TokenizerException">Tokenizer files are missing or malformed.</exception>
+    /// <exception cref="ModelAllocationException">libtorch could not allocate the weights.</exception>
     public static Lvlm Load(string modelFolder, LvlmLoadOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new LvlmLoadOptions();
@@ -121,16 +122,8 @@ public sealed class Lvlm : IDisposable
         var dynamicRate = LengthDependentRate.FromModelFolder(modelFolder);
 
         using var weights = CheckpointWeights.Open(modelFolder);
-        var model = new LlavaForConditionalGeneration(config, dtype, device);
-        try
-        {
-            LlavaWeightLoader.Load(model, weights, modelFolder, cancellationToken);
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+        // Config sizes are checked against the checkpoint's headers before anything is allocated.
+        var model = LlavaWeightLoader.Build(config, dtype, device, weights, modelFolder, options.CheckWeights, cancellationToken);
 
         model.eval();
         return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults) { DynamicRate = dynamicRate };

@@ -78,6 +78,10 @@ public sealed class CheckpointWeights : IDisposable
     /// <exception cref="CheckpointFormatException">No tensor has that name, or its data is invalid.</exception>
     public torch.Tensor ReadTensor(string name) => Find(name).ReadTensor(name);
 
+    /// <summary>The index of the first NaN or infinite element of a floating-point tensor, or -1 (see <see cref="SafetensorsFile.IndexOfNonFinite"/>).</summary>
+    /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
+    public long IndexOfNonFinite(string name) => Find(name).IndexOfNonFinite(name);
+
     /// <summary>Full path of the file holding a tensor.</summary>
     /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
     public string FileOf(string name) => Find(name).Path;

@@ -25,7 +25,8 @@ internal static class LlavaGenerator
         var maxNew = options.MaxNewTokens ?? defaults.MaxNewTokens;
         var promptLength = prompt.InputIds.Count;
         var context = model.Config.Text.MaxPositionEmbeddings;
-        if (promptLength + maxNew > context)
+        // In long: a budget near int.MaxValue must be refused, not wrap around and pass.
+        if ((long)promptLength + maxNew > context)
         {
             throw new ContextLengthExceededException(promptLength, maxNew, context);
         }

@@ -206,9 +206,21 @@ public sealed record ImageProcessorConfig
             throw new ModelConfigException($"{source}: resample {Resample} is not supported (2 = bilinear, 3 = bicubic).");
         }
 
-        if (ShortestEdge is <= 0 || ResizeTo is { Height: <= 0 } or { Width: <= 0 } || CropHeight <= 0 || CropWidth <= 0)
+        if (ShortestEdge is <= 0 || ResizeTo is { Height: <= 0 } or { Width: <= 0 } || CropHeight <= 0 || CropWidth <= 0 || LongestEdge is <= 0 || MinSize <= 0)
         {
             throw new ModelConfigException($"{source}: sizes must be positive.");
+        }
+
+        // Every size here becomes an image preprocessing allocates; the vision tower's own ceiling is the same.
+        var largest = new[] { ShortestEdge ?? 0, ResizeTo?.Height ?? 0, ResizeTo?.Width ?? 0, CropHeight, CropWidth, LongestEdge ?? 0, MinSize }.Max();
+        if (largest > VisionConfig.MaxImageSize)
+        {
+            throw ConfigReader.Ceiling(source, "size / crop_size / min_size", largest, VisionConfig.MaxImageSize);
+        }
+
+        if (!double.IsFinite(RescaleFactor) || ImageMean.Concat(ImageStd).Any(v => !float.IsFinite(v)))
+        {
+            throw new ModelConfigException($"{source}: rescale_factor, image_mean and image_std must be finite numbers.");
         }
 
         if (ImageStd.Any(s => s == 0))

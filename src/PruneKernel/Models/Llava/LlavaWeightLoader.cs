@@ -1,6 +1,9 @@
+using System.Runtime.InteropServices;
 using PruneKernel.Checkpoints;
+using PruneKernel.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
+using Parameter = TorchSharp.Modules.Parameter;
 
 namespace PruneKernel.Models.Llava;
 
@@ -86,20 +89,102 @@ internal static class LlavaWeightLoader
         return map;
     }
 
-    public static void Load(LlavaForConditionalGeneration model, CheckpointWeights weights, string folder, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Checks the configuration against the checkpoint's headers and only then allocates: layer counts first (cheap, so a
+    /// config claiming 100000 layers fails at once), then every parameter's name and shape on a storage-less "meta" copy of
+    /// the model, then the real model, whose allocation is now bounded by the checkpoint's own size. Fills it and returns it.
+    /// </summary>
+    /// <exception cref="CheckpointFormatException">Counts, names or shapes disagree, or (with <paramref name="checkWeights"/>) a weight is not finite.</exception>
+    /// <exception cref="ModelAllocationException">libtorch could not allocate a tensor (named, with the bytes asked for).</exception>
+    public static LlavaForConditionalGeneration Build(LlavaConfig config, ScalarType dtype, Device device, CheckpointWeights weights, string folder,
+        bool checkWeights, CancellationToken cancellationToken)
     {
         var keys = KeysByParameter(weights, folder);
+        CheckLayerCounts(config, keys, weights, folder);
+        LlavaForConditionalGeneration model;
+        using (var plan = new LlavaForConditionalGeneration(config, dtype, torch.device("meta")))
+        {
+            _ = Match(plan, keys, weights, folder);
+            cancellationToken.ThrowIfCancellationRequested();
+            try
+            {
+                model = new LlavaForConditionalGeneration(config, dtype, device);
+            }
+            catch (ExternalException e) when (TorchAllocation.IsOutOfMemory(e))
+            {
+                var bytes = TorchAllocation.RequestedBytes(e.Message);
+                throw new ModelAllocationException(TorchAllocation.Culprit(plan, bytes), bytes, device.ToString(), e);
+            }
+        }
+
+        try
+        {
+            Load(model, weights, folder, checkWeights, cancellationToken);
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Compares the numbered layers the config asks for (decoder, vision encoder, SAM encoder) with those the checkpoint
+    /// holds, from tensor names alone.
+    /// </summary>
+    private static void CheckLayerCounts(LlavaConfig config, Dictionary<string, string> keys, CheckpointWeights weights, string folder)
+    {
+        var expected = new List<(string Prefix, string Key, int Count)>
+        {
+            ("language_model.layers.", "text_config.num_hidden_layers", config.Text.NumHiddenLayers),
+            ("vision_tower.vision_model.encoder.layers.", "vision_config.num_hidden_layers", config.Vision.NumHiddenLayers),
+        };
+        if (config.HighResVision is { } high)
+        {
+            expected.Add(("high_res_vision_model.vision_encoder.layers.", "high_res_vision_config.num_hidden_layers", high.NumHiddenLayers));
+        }
+
+        foreach (var (prefix, key, count) in expected)
+        {
+            var indices = new HashSet<int>();
+            foreach (var name in keys.Keys)
+            {
+                if (name.StartsWith(prefix, StringComparison.Ordinal)
+                    && name.IndexOf('.', prefix.Length) is var dot and > 0
+                    && int.TryParse(name.AsSpan(prefix.Length, dot - prefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var index))
+                {
+                    indices.Add(index);
+                }
+            }
+
+            if (indices.Count != count || (count > 0 && indices.Max() != count - 1))
+            {
+                var sample = keys.FirstOrDefault(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal)).Value;
+                var missing = Enumerable.Range(0, Math.Min(count, indices.Count + 1000)).Where(i => !indices.Contains(i)).Take(3).Select(i => $"{prefix}{i}.*");
+                var extra = indices.Where(i => i >= count).Order().Take(3).Select(i => $"{prefix}{i}.*");
+                throw new CheckpointFormatException(sample is null ? folder : weights.FileOf(sample),
+                    $"config.json gives {key} = {count}, but the checkpoint holds {indices.Count} such layers ({prefix}N.*); "
+                    + $"missing: {string.Join(", ", missing.DefaultIfEmpty("none"))}; unexpected: {string.Join(", ", extra.DefaultIfEmpty("none"))}.",
+                    sample);
+            }
+        }
+    }
+
+    /// <summary>Pairs each parameter with its checkpoint key, checking names and shapes only (no data is read).</summary>
+    private static List<(string Name, Parameter Parameter, string? Key)> Match(LlavaForConditionalGeneration model, Dictionary<string, string> keys,
+        CheckpointWeights weights, string folder)
+    {
+        var pairs = new List<(string, Parameter, string?)>();
         var used = new HashSet<string>(StringComparer.Ordinal);
         var missing = new List<string>();
-        using var noGrad = torch.no_grad();
         foreach (var (name, parameter) in model.named_parameters())
         {
-            cancellationToken.ThrowIfCancellationRequested();
             if (!keys.TryGetValue(name, out var key))
             {
                 if (name == "lm_head.weight" && model.Config.TieWordEmbeddings)
                 {
-                    parameter.copy_(model.language_model.embed_tokens.weight);
+                    pairs.Add((name, parameter, null));
                     continue;
                 }
 
@@ -115,8 +200,7 @@ internal static class LlavaWeightLoader
                     $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", parameter.shape)}] (check config.json).", key);
             }
 
-            using var source = weights.ReadTensor(key);
-            parameter.copy_(source);
+            pairs.Add((name, parameter, key));
         }
 
         if (missing.Count > 0)
@@ -130,6 +214,48 @@ internal static class LlavaWeightLoader
         {
             throw new CheckpointFormatException(weights.FileOf(unexpected[0]),
                 $"{unexpected.Count} tensor(s) do not belong to this model configuration, e.g. {string.Join(", ", unexpected.Take(5))}.", unexpected[0]);
+        }
+
+        return pairs;
+    }
+
+    /// <summary>Fills an allocated model from the checkpoint, optionally verifying that every floating-point weight is finite.</summary>
+    public static void Load(LlavaForConditionalGeneration model, CheckpointWeights weights, string folder, bool checkWeights = false,
+        CancellationToken cancellationToken = default)
+    {
+        var pairs = Match(model, KeysByParameter(weights, folder), weights, folder);
+        using var noGrad = torch.no_grad();
+        foreach (var (name, parameter, key) in pairs)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (key is null)
+            {
+                parameter.copy_(model.language_model.embed_tokens.weight);
+                continue;
+            }
+
+            if (checkWeights && weights.IndexOfNonFinite(key) is long bad and >= 0)
+            {
+                var info = weights.GetInfo(key);
+                throw new CheckpointFormatException(weights.FileOf(key),
+                    $"element {bad} (of {info.Shape.Aggregate(1L, (a, b) => a * b)}, {info.DType}) is NaN or infinite; the weights are corrupt.",
+                    key, info.DataBegin + (bad * info.DType.ElementSize()));
+            }
+
+            Tensor source;
+            try
+            {
+                source = weights.ReadTensor(key);
+            }
+            catch (ExternalException e) when (TorchAllocation.IsOutOfMemory(e))
+            {
+                throw new ModelAllocationException($"tensor '{key}' (read from {weights.FileOf(key)})", weights.GetInfo(key).ByteLength, "cpu", e);
+            }
+
+            using (source)
+            {
+                parameter.copy_(source);
+            }
         }
     }
 }
