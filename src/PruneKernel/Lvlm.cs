@@ -129,17 +129,25 @@ public sealed class Lvlm : IDisposable
         return new Lvlm(Path.GetFullPath(modelFolder), config, model, tokenizer, template, processor, defaults) { DynamicRate = dynamicRate };
     }
 
-    /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>
+    /// <summary>
+    /// Renders messages through the chat template and attaches the images (one per image part, in order). Message text is
+    /// tokenised as text: a literal <c>&lt;image&gt;</c> or <c>&lt;/s&gt;</c> in it stays those characters.
+    /// </summary>
     public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images, bool addGenerationPrompt = true) =>
-        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images);
+        CreatePrompt(messages, images, [], addGenerationPrompt);
 
     /// <summary>
     /// Renders messages with image and video parts (LLaVA-NeXT-Video) through the chat template and attaches the images and
-    /// the videos (each a sequence of frames), each list in order of appearance.
+    /// the videos (each a sequence of frames), each list in order of appearance. Only the template's markup and the image
+    /// layout produce special tokens; message text is tokenised as text.
     /// </summary>
     public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images,
-        IReadOnlyList<IReadOnlyList<RgbImage>> videos, bool addGenerationPrompt = true) =>
-        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images, videos);
+        IReadOnlyList<IReadOnlyList<RgbImage>> videos, bool addGenerationPrompt = true)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var segments = ChatTemplate.RenderSegments(messages, addGenerationPrompt);
+        return CreatePrompt(string.Concat(segments.Select(s => s.Text)), Tokenizer.Encode(segments, addSpecialTokens: true), images, videos);
+    }
 
     /// <summary>Uses <paramref name="text"/> as is; it must hold one image placeholder (<c>&lt;image&gt;</c>) per image.</summary>
     /// <exception cref="PruneKernelException">Placeholders and images do not pair up.</exception>
@@ -153,10 +161,23 @@ public sealed class Lvlm : IDisposable
     public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images, IReadOnlyList<IReadOnlyList<RgbImage>> videos)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(text);
+        return CreatePrompt(text, Tokenizer.Encode(text, addSpecialTokens: true), images, videos);
+    }
+
+    /// <summary>Pairs placeholders with inputs, expands them and preprocesses the inputs (shared by both prompt builders).</summary>
+    private LvlmPrompt CreatePrompt(string text, IReadOnlyList<int> ids, IReadOnlyList<RgbImage> images, IReadOnlyList<IReadOnlyList<RgbImage>> videos)
+    {
         ArgumentNullException.ThrowIfNull(images);
         ArgumentNullException.ThrowIfNull(videos);
         var watch = Stopwatch.StartNew();
-        var ids = Tokenizer.Encode(text, addSpecialTokens: true);
+        // Ids index the embedding matrix: a tokenizer with more tokens than the model has rows must fail here, typed.
+        if (ids.FirstOrDefault(id => id < 0 || id >= Config.Text.VocabSize, -1) is var outside and >= 0)
+        {
+            throw new TokenizerException(
+                $"{ModelFolder}: the tokenizer produced id {outside} ('{Tokenizer.IdToToken(outside)}'), outside the model's vocabulary of {Config.Text.VocabSize}.");
+        }
+
         var placeholders = ids.Count(id => id == Config.ImageTokenId);
         if (placeholders != images.Count)
         {
