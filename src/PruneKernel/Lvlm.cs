@@ -297,6 +297,8 @@ public sealed class Lvlm : IDisposable
         finally
         {
             _gate.Release();
+            // A request frees hundreds of MB of activations and KV cache that glibc would otherwise keep in its arenas.
+            NativeMemory.Trim();
         }
     }
 
