@@ -230,6 +230,19 @@ internal static partial class HostileInputs
         return 0;
     }
 
+    /// <summary>A measurement line: a diagnostic message, and appended to $PRUNEKERNEL_TEST_REPORT when that names a file.</summary>
+    public static void Report(string line)
+    {
+        TestContext.Current.SendDiagnosticMessage(line);
+        if (Environment.GetEnvironmentVariable("PRUNEKERNEL_TEST_REPORT") is { Length: > 0 } path)
+        {
+            lock (CrcTable)
+            {
+                File.AppendAllText(path, line + Environment.NewLine);
+            }
+        }
+    }
+
     public static TimeSpan Time(Action action)
     {
         var watch = Stopwatch.StartNew();

@@ -31,11 +31,7 @@ public sealed class NativeMemoryTests
             var growth = end - warm;
             var line = $"native memory over {Turns} turns (trim {(trim ? "on" : "off")}, supported {NativeMemory.IsSupported}): RSS after warm-up {warm / 1048576} MB, "
                 + $"after {Turns} turns {end / 1048576} MB (growth {growth / 1048576} MB), peak {peak / 1048576} MB, {elapsed.TotalSeconds:0.0} s";
-            TestContext.Current.SendDiagnosticMessage(line);
-            if (Environment.GetEnvironmentVariable("PRUNEKERNEL_TEST_REPORT") is { Length: > 0 } report)
-            {
-                await File.AppendAllTextAsync(report, line + Environment.NewLine, TestContext.Current.CancellationToken);
-            }
+            Report(line);
 
             if (trim)
             {

@@ -99,22 +99,18 @@ internal static class LlavaWeightLoader
     public static LlavaForConditionalGeneration Build(LlavaConfig config, ScalarType dtype, Device device, CheckpointWeights weights, string folder,
         bool checkWeights, CancellationToken cancellationToken)
     {
-        var keys = KeysByParameter(weights, folder);
-        CheckLayerCounts(config, keys, weights, folder);
+        CheckAgainstCheckpoint(config, dtype, weights, folder);
+        cancellationToken.ThrowIfCancellationRequested();
         LlavaForConditionalGeneration model;
-        using (var plan = new LlavaForConditionalGeneration(config, dtype, torch.device("meta")))
+        try
         {
-            _ = Match(plan, keys, weights, folder);
-            cancellationToken.ThrowIfCancellationRequested();
-            try
-            {
-                model = new LlavaForConditionalGeneration(config, dtype, device);
-            }
-            catch (ExternalException e) when (TorchAllocation.IsOutOfMemory(e))
-            {
-                var bytes = TorchAllocation.RequestedBytes(e.Message);
-                throw new ModelAllocationException(TorchAllocation.Culprit(plan, bytes), bytes, device.ToString(), e);
-            }
+            model = new LlavaForConditionalGeneration(config, dtype, device);
+        }
+        catch (ExternalException e) when (TorchAllocation.IsOutOfMemory(e))
+        {
+            var bytes = TorchAllocation.RequestedBytes(e.Message);
+            using var plan = new LlavaForConditionalGeneration(config, dtype, torch.device("meta"));
+            throw new ModelAllocationException(TorchAllocation.Culprit(plan, bytes), bytes, device.ToString(), e);
         }
 
         try
@@ -127,6 +123,19 @@ internal static class LlavaWeightLoader
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Everything <see cref="Build"/> checks before allocating: layer counts from the tensor names, then every parameter's
+    /// name and shape on a storage-less meta-device model. Allocates nothing in proportion to the config's sizes.
+    /// </summary>
+    /// <exception cref="CheckpointFormatException">The config does not describe the checkpoint.</exception>
+    internal static void CheckAgainstCheckpoint(LlavaConfig config, ScalarType dtype, CheckpointWeights weights, string folder)
+    {
+        var keys = KeysByParameter(weights, folder);
+        CheckLayerCounts(config, keys, weights, folder);
+        using var plan = new LlavaForConditionalGeneration(config, dtype, torch.device("meta"));
+        _ = Match(plan, keys, weights, folder);
     }
 
     /// <summary>
