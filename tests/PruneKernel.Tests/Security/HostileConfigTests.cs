@@ -142,14 +142,17 @@ public sealed class HostileConfigTests
     [Fact]
     public async Task MaxNewTokensNearIntMaxIsAContextErrorNotAnOverflow()
     {
-        // Was: the context check overflowed, then a 1 TB KV-cache allocation.
-        using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
-        var prompt = model.CreatePrompt([PromptMessage.User("Hi")], []);
+        // Was: prompt (213 tokens with the image) + 2147483500 wrapped below the context, then a 1 TB KV-cache allocation.
+        var demo = Path.Combine(Fixtures.Root, "..", "..", "models", "demo-llava-tiny");
+        var scene = Path.Combine(Fixtures.Root, "..", "..", "samples", "images", "scene.png");
+        using var model = Lvlm.Load(demo);
+        var prompt = model.CreatePrompt([PromptMessage.User("What colour is the heart?", imageCount: 1)], [PruneKernel.Vision.ImageDecoder.Load(scene)]);
+        Assert.True(prompt.InputIds.Count > int.MaxValue - 2_147_483_500, "the prompt must be long enough for the sum to overflow an int");
         var e = Assert.Throws<ContextLengthExceededException>(() => model.Generate(prompt, new GenerationOptions { MaxNewTokens = 2_147_483_500 }));
         Assert.Equal(2_147_483_500, e.MaxNewTokens);
         Assert.Equal(int.MaxValue, Assert.Throws<ContextLengthExceededException>(() => model.Generate(prompt, new GenerationOptions { MaxNewTokens = int.MaxValue })).MaxNewTokens);
 
-        var (code, _, stderr) = await CliRunner.Run("generate", "--model", Fixtures.Model("llava-tiny-f32"), "--prompt", "Hi", "--max-new-tokens", "2147483500");
+        var (code, _, stderr) = await CliRunner.Run("generate", "--model", demo, "--image", scene, "--prompt", "Hi", "--max-new-tokens", "2147483500", "--no-check-weights");
         Assert.Equal(2, code);
         Assert.Contains("2147483500", stderr, StringComparison.Ordinal);
         Assert.Contains("context", stderr, StringComparison.Ordinal);
