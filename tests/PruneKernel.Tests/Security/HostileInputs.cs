@@ -203,6 +203,9 @@ internal static partial class HostileInputs
     /// <summary>Resident set size now (VmRSS), in bytes.</summary>
     public static long Rss() => ReadStatus("VmRSS:");
 
+    /// <summary>Anonymous resident memory (RssAnon: heaps, not mapped files), in bytes.</summary>
+    public static long RssAnon() => ReadStatus("RssAnon:");
+
     /// <summary>Resets VmHWM to the current RSS (Linux: writing 5 to /proc/self/clear_refs); false where unsupported.</summary>
     public static bool ResetPeakRss()
     {

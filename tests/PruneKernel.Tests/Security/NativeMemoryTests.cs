@@ -28,9 +28,10 @@ public sealed class NativeMemoryTests
         try
         {
             var (warm, end, peak, elapsed) = await Session();
-            var growth = end - warm;
-            var line = $"native memory over {Turns} turns (trim {(trim ? "on" : "off")}, supported {NativeMemory.IsSupported}): RSS after warm-up {warm / 1048576} MB, "
-                + $"after {Turns} turns {end / 1048576} MB (growth {growth / 1048576} MB), peak {peak / 1048576} MB, {elapsed.TotalSeconds:0.0} s";
+            var growth = end.Rss - warm.Rss;
+            var line = $"native memory over {Turns} turns (trim {(trim ? "on" : "off")}, supported {NativeMemory.IsSupported}): RSS after warm-up {warm.Rss / 1048576} MB, "
+                + $"after {Turns} turns {end.Rss / 1048576} MB (growth {growth / 1048576} MB), peak {peak / 1048576} MB, {elapsed.TotalSeconds:0.0} s; "
+                + $"anonymous {warm.Anon / 1048576} -> {end.Anon / 1048576} MB, GC committed {warm.Managed / 1048576} -> {end.Managed / 1048576} MB";
             Report(line);
 
             if (trim)
@@ -44,7 +45,7 @@ public sealed class NativeMemoryTests
         }
     }
 
-    private static async Task<(long Warm, long End, long Peak, TimeSpan Elapsed)> Session()
+    private static async Task<((long Rss, long Anon, long Managed) Warm, (long Rss, long Anon, long Managed) End, long Peak, TimeSpan Elapsed)> Session()
     {
         var demo = Path.GetFullPath(Path.Combine(Fixtures.Root, "..", "..", "models", "demo-llava-tiny"));
         using var client = LvlmChatClient.Load(new LvlmChatClientOptions { ModelPath = demo });
@@ -59,14 +60,13 @@ public sealed class NativeMemoryTests
         ];
         var first = new ChatMessage(ChatRole.User, [image, new TextContent(questions[0])]);
         var history = new List<ChatMessage>();
-        long warm = 0;
+        (long, long, long) warm = default;
         var watch = Stopwatch.StartNew();
         for (var turn = 0; turn < WarmUpTurns + Turns; turn++)
         {
             if (turn == WarmUpTurns)
             {
-                Settle();
-                warm = Rss();
+                warm = Settle();
                 ResetPeakRss();
                 watch.Restart();
             }
@@ -89,15 +89,19 @@ public sealed class NativeMemoryTests
 
         var elapsed = watch.Elapsed;
         var peak = PeakRss();
-        Settle();
-        return (warm, Rss(), peak, elapsed);
+        return (warm, Settle(), peak, elapsed);
     }
 
-    private static void Settle()
+    /// <summary>
+    /// Collects and returns memory to the system (the GC's aggressive mode decommits free regions, which it otherwise keeps
+    /// after a busy test run), so RSS shows what is live; then measures.
+    /// </summary>
+    private static (long Rss, long Anon, long Managed) Settle()
     {
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        GC.Collect();
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         NativeMemory.Trim();
+        return (Rss(), RssAnon(), GC.GetGCMemoryInfo().TotalCommittedBytes);
     }
 }
