@@ -61,7 +61,7 @@ public sealed class LvlmChatClient : IChatClient
             throw new ArgumentException("LvlmChatClientOptions.ModelPath must name a model folder.", nameof(options));
         }
 
-        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions { Device = options.Device, DType = options.DType });
+        var model = Lvlm.Load(options.ModelPath, new LvlmLoadOptions { Device = options.Device, DType = options.DType, CheckWeights = options.CheckWeights });
         if (options.ImageCacheBytes > 0)
         {
             model.ImageFeatureCache = new MemoryImageFeatureCache(options.ImageCacheBytes);

@@ -12,6 +12,9 @@ public sealed class LvlmChatClientOptions
     /// <summary>"f32", "bf16" or "f16"; null picks the runtime's default for the device.</summary>
     public string? DType { get; set; }
 
+    /// <summary>Verify while loading that every weight is finite (<see cref="LvlmLoadOptions.CheckWeights"/>; about 12 % more load time).</summary>
+    public bool CheckWeights { get; set; }
+
     /// <summary>Model id reported in responses; default: the folder name.</summary>
     public string? ModelId { get; set; }
 

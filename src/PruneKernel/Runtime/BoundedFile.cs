@@ -83,9 +83,11 @@ internal static partial class BoundedFile
     /// <exception cref="RefusedFileException">More bytes than the limit.</exception>
     public static async Task<byte[]> ReadToEndAsync(FileStream stream, string name, long maxBytes, CancellationToken cancellationToken)
     {
-        var capacity = (int)Math.Min(maxBytes + 1, Math.Max(0, Math.Min(stream.Length + 1, int.MaxValue - 64)));
+        // Saturating: a limit of long.MaxValue must not wrap around.
+        var limitPlusOne = maxBytes == long.MaxValue ? long.MaxValue : maxBytes + 1;
+        var capacity = (int)Math.Min(limitPlusOne, Math.Max(0, Math.Min(stream.Length + 1, int.MaxValue - 64)));
         var buffer = new MemoryStream(capacity);
-        var chunk = new byte[(int)Math.Min(ChunkBytes, maxBytes + 1)];
+        var chunk = new byte[(int)Math.Min(ChunkBytes, limitPlusOne)];
         int read;
         while ((read = await stream.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
         {

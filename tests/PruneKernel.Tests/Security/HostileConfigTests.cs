@@ -230,6 +230,8 @@ public sealed class HostileConfigTests
         Assert.Equal(tensor, e.TensorName);
         Assert.Contains("NaN or infinite", e.Message, StringComparison.Ordinal);
         Lvlm.Load(folder.Path).Dispose();
+        var viaClient = Assert.Throws<CheckpointFormatException>(() => PruneKernel.Extensions.AI.LvlmChatClient.Load(new PruneKernel.Extensions.AI.LvlmChatClientOptions { ModelPath = folder.Path, CheckWeights = true }));
+        Assert.Equal(tensor, viaClient.TensorName);
 
         var (code, _, stderr) = await CliRunner.Run("generate", "--model", folder.Path, "--prompt", "Hi", "--max-new-tokens", "2");
         Assert.Equal(2, code);
