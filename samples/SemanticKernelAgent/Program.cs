@@ -78,10 +78,12 @@ async Task AskAsync(string question, string imagePath, string? text)
         text = compressed;
     }
 
+    // The user at this console chose the file, so the app reads it and passes the bytes: a path given to the plugin is
+    // a file URI, which the chat client reads only from its AllowedImageFolders (none by default).
     var result = await kernel.InvokeAsync(PruneKernelPlugin.DefaultName, "ask_about_image", new KernelArguments
     {
         ["question"] = question,
-        ["image"] = imagePath,
+        ["image"] = Convert.ToBase64String(await File.ReadAllBytesAsync(imagePath)),
         ["context"] = text,
         ["maxTokens"] = 64,
     });

@@ -1,9 +1,13 @@
 using Microsoft.Extensions.AI;
+using PruneKernel.Runtime;
 using PruneKernel.Vision;
 
 namespace PruneKernel.Extensions.AI;
 
-/// <summary>Turns DataContent and UriContent into decoded images, with media-type checks and size and time limits.</summary>
+/// <summary>
+/// Turns DataContent and UriContent into decoded images, with media-type checks, one byte limit for every source, the
+/// decoder's pixel limits, a folder allow-list for files, and a time limit for downloads.
+/// </summary>
 internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClient? httpClient)
 {
     public async Task<RgbImage> LoadAsync(AIContent content, CancellationToken cancellationToken)
@@ -11,10 +15,16 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
         switch (content)
         {
             case DataContent data:
-                CheckImageMediaType(data.MediaType, data.Data.Span, data.Name ?? "data content");
-                return Decode(data.Data, data.Name ?? "data content");
+                var name = data.Name ?? "data content";
+                if (data.Data.Length > options.MaxImageBytes)
+                {
+                    throw new UnsupportedContentException($"{name}: {data.Data.Length} bytes, over the {options.MaxImageBytes}-byte image limit (MaxImageBytes).");
+                }
+
+                CheckImageMediaType(data.MediaType, data.Data.Span, name);
+                return Decode(data.Data, name);
             case UriContent uri when uri.Uri.IsFile:
-                return Decode(await ReadFileAsync(uri.Uri.LocalPath, cancellationToken).ConfigureAwait(false), uri.Uri.LocalPath);
+                return Decode(await ReadFileAsync(uri.Uri, cancellationToken).ConfigureAwait(false), uri.Uri.LocalPath);
             case UriContent uri when uri.Uri.Scheme is "http" or "https":
                 return Decode(await DownloadAsync(uri.Uri, cancellationToken).ConfigureAwait(false), uri.Uri.ToString());
             case UriContent uri:
@@ -23,6 +33,14 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
                 throw new UnsupportedContentException($"Content of type {content.GetType().Name} is not an image.");
         }
     }
+
+    private ImageLimits Limits => ImageLimits.Default with
+    {
+        MaxBytes = options.MaxImageBytes,
+        MaxPixels = options.MaxImagePixels,
+        MaxSourcePixels = Math.Max(ImageLimits.Default.MaxSourcePixels, options.MaxImagePixels),
+        AllowTruncated = options.AllowTruncatedImages,
+    };
 
     private static void CheckImageMediaType(string mediaType, ReadOnlySpan<byte> bytes, string name)
     {
@@ -38,11 +56,22 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
         }
     }
 
-    private static RgbImage Decode(ReadOnlyMemory<byte> bytes, string name)
+    private RgbImage Decode(ReadOnlyMemory<byte> bytes, string name)
     {
+        ImageLimits limits;
         try
         {
-            return ImageDecoder.Decode(bytes.Span, name);
+            limits = Limits;
+            limits.Validate();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new UnsupportedContentException($"LvlmChatClientOptions image limits are invalid: {e.Message}", e);
+        }
+
+        try
+        {
+            return ImageDecoder.Decode(bytes.Span, name, limits);
         }
         catch (ImageDecodeException e)
         {
@@ -50,20 +79,81 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
         }
     }
 
-    private async Task<byte[]> ReadFileAsync(string path, CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads a file URI's image if, and only if, it is a regular file whose real path lies under an allowed folder. Every
+    /// way of failing that (outside the folders, missing, unreadable, a device or FIFO, a link leading out) gives the same
+    /// message, so a caller learns nothing about files it may not read.
+    /// </summary>
+    private async Task<byte[]> ReadFileAsync(Uri uri, CancellationToken cancellationToken)
     {
-        var info = new FileInfo(path);
-        if (!info.Exists)
+        var folders = options.AllowedImageFolders;
+        var refusal = $"{uri}: file images are read only from the folders in LvlmChatClientOptions.AllowedImageFolders "
+            + $"({(folders.Count == 0 ? "none is configured" : "this is not a readable regular file under one of them")}).";
+        // file://server/share/... would be a network path.
+        if (folders.Count == 0 || !(uri.IsLoopback || string.IsNullOrEmpty(uri.Host)))
         {
-            throw new UnsupportedContentException($"{path}: image file not found.");
+            throw new UnsupportedContentException(refusal);
         }
 
-        if (info.Length > options.MaxImageBytes)
+        string path;
+        List<string> canonical;
+        try
         {
-            throw new UnsupportedContentException($"{path}: {info.Length} bytes exceed the {options.MaxImageBytes}-byte image limit.");
+            // GetFullPath folds "." and ".." without touching the disk; a path outside every folder is refused before any file is opened.
+            path = Path.GetFullPath(uri.LocalPath);
+            var lexical = folders.Where(f => !string.IsNullOrWhiteSpace(f)).Select(Path.GetFullPath).ToList();
+            if (!lexical.Any(f => IsUnder(path, f)))
+            {
+                throw new UnsupportedContentException(refusal);
+            }
+
+            canonical = [.. lexical.Select(BoundedFile.CanonicalFolder).OfType<string>()];
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException or IOException or UnauthorizedAccessException)
+        {
+            throw new UnsupportedContentException(refusal);
         }
 
-        return await File.ReadAllBytesAsync(path, cancellationToken).ConfigureAwait(false);
+        FileStream stream;
+        try
+        {
+            string real;
+            (stream, real) = BoundedFile.OpenRegular(path, long.MaxValue);
+            // The descriptor's own path: a link inside an allowed folder that leads out is caught here, after the open, race-free.
+            if (!canonical.Any(f => IsUnder(real, f)))
+            {
+                stream.Dispose();
+                throw new UnsupportedContentException(refusal);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            throw new UnsupportedContentException(refusal);
+        }
+
+        using (stream)
+        {
+            if (stream.Length > options.MaxImageBytes)
+            {
+                throw new UnsupportedContentException($"{uri}: over the {options.MaxImageBytes}-byte image limit (MaxImageBytes).");
+            }
+
+            try
+            {
+                return await BoundedFile.ReadToEndAsync(stream, uri.ToString(), options.MaxImageBytes, cancellationToken).ConfigureAwait(false);
+            }
+            catch (IOException e)
+            {
+                throw new UnsupportedContentException($"{uri}: cannot read the image ({e.Message}).", e);
+            }
+        }
+    }
+
+    private static bool IsUnder(string path, string folder)
+    {
+        var comparison = OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+        var prefix = Path.EndsInDirectorySeparator(folder) ? folder : folder + Path.DirectorySeparatorChar;
+        return path.StartsWith(prefix, comparison);
     }
 
     private async Task<byte[]> DownloadAsync(Uri uri, CancellationToken cancellationToken)

@@ -104,6 +104,7 @@ public sealed class LvlmChatClient : IChatClient
             QuantizationGroupSize = options.QuantizationGroupSize,
             QuantizeLmHead = options.QuantizeLmHead,
             Engine = options.ToEngineOptions(),
+            CheckWeights = options.CheckWeights,
         });
         if (options.ImageCacheBytes > 0)
         {

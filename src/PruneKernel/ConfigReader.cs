@@ -29,6 +29,19 @@ internal sealed class ConfigReader(JsonObject json, string source)
         return value > 0 ? value : throw Bad(key, "a positive integer");
     }
 
+    /// <summary>
+    /// A positive integer no larger than <paramref name="ceiling"/>: sizes are checked against sane ceilings before anything
+    /// is allocated from them (a config saying num_hidden_layers 100000 must fail here, not after building the model).
+    /// </summary>
+    public int Positive(string key, int fallback, int ceiling)
+    {
+        var value = Positive(key, fallback);
+        return value <= ceiling ? value : throw Ceiling(source, key, value, ceiling);
+    }
+
+    public static ModelConfigException Ceiling(string source, string key, long value, long ceiling) =>
+        new($"{source}: '{key}' is {value}, over the ceiling of {ceiling} (no supported model comes close; the file is corrupt or hostile).");
+
     public int? OptionalInt(string key) => json[key] is null ? null : AsInt(json[key], key, source);
 
     public IReadOnlyList<int>? IntOrList(string key) => json[key] switch

@@ -155,13 +155,19 @@ public sealed class ContextLengthExceededException : PruneKernelException
     public int ContextLength { get; }
 }
 
-/// <summary>The model produced NaN or infinite logits (broken or overflowing weights); generation stops rather than emit garbage.</summary>
+/// <summary>
+/// The model produced NaN or infinite logits at a generation step, so no token can be chosen honestly (greedy decoding
+/// would return token 0 forever, sampling would fail inside libtorch). Usually the weights hold NaN/Inf (load with
+/// <see cref="LvlmLoadOptions.CheckWeights"/> to find the tensor) or a half-precision activation overflowed.
+/// </summary>
 public sealed class NonFiniteLogitsException : PruneKernelException
 {
-    /// <summary>Creates the exception for the step (0 = the token after the prompt) whose logits were not finite.</summary>
+    /// <summary>Creates the exception for a step (0 = the prompt pass's logits, n = after the n-th generated token).</summary>
     public NonFiniteLogitsException(int step)
-        : base($"The model's logits at generation step {step} contain NaN or infinite values; the weights may be corrupt or overflow in this dtype.") =>
+        : base($"Generation step {step} produced NaN or infinite logits; the weights or an activation are not finite (load with CheckWeights / --check-weights to find a bad tensor).")
+    {
         Step = step;
+    }
 
     /// <summary>Creates the exception.</summary>
     public NonFiniteLogitsException() { }
@@ -172,8 +178,56 @@ public sealed class NonFiniteLogitsException : PruneKernelException
     /// <summary>Creates the exception with a message and a cause.</summary>
     public NonFiniteLogitsException(string message, Exception innerException) : base(message, innerException) { }
 
-    /// <summary>The generation step (0 = the token after the prompt).</summary>
+    /// <summary>The generation step whose logits were not finite (0 = the prompt pass).</summary>
     public int Step { get; }
+}
+
+/// <summary>
+/// libtorch could not allocate a tensor (out of host or device memory). Thrown instead of libtorch's own
+/// <see cref="System.Runtime.InteropServices.ExternalException"/> so callers can catch it with every other PruneKernel error.
+/// </summary>
+public sealed class ModelAllocationException : PruneKernelException
+{
+    /// <summary>Creates the exception naming what was being allocated and how many bytes were asked for.</summary>
+    public ModelAllocationException(string what, long? bytes, string device, Exception innerException)
+        : base($"Cannot allocate {(bytes is long b ? $"{b} bytes" : "memory")} on {device} for {what}: {FirstLine(innerException.Message)}", innerException)
+    {
+        What = what;
+        Bytes = bytes;
+        Device = device;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public ModelAllocationException() : this("(unknown)", null, "(unknown)", new InvalidOperationException("allocation failed")) { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    public ModelAllocationException(string message) : base(message)
+    {
+        What = "(unknown)";
+        Device = "(unknown)";
+    }
+
+    /// <summary>Creates the exception with a message and a cause.</summary>
+    public ModelAllocationException(string message, Exception innerException) : base(message, innerException)
+    {
+        What = "(unknown)";
+        Device = "(unknown)";
+    }
+
+    /// <summary>The tensor (or group of tensors) being allocated.</summary>
+    public string What { get; }
+
+    /// <summary>Bytes asked for, when libtorch said.</summary>
+    public long? Bytes { get; }
+
+    /// <summary>The device the allocation was for.</summary>
+    public string Device { get; }
+
+    private static string FirstLine(string message)
+    {
+        var end = message.IndexOf('\n', StringComparison.Ordinal);
+        return end < 0 ? message : message[..end];
+    }
 }
 
 /// <summary>The engine's request queue is full: the caller should retry later (HTTP 503/429 territory), not wait unboundedly.</summary>

@@ -41,6 +41,16 @@ public sealed record LvlmLoadOptions
 
     /// <summary>Also quantize lm_head (off by default: it sees every logit, so its error is the most visible).</summary>
     public bool QuantizeLmHead { get; init; }
+
+    /// <summary>
+    /// Verify while loading that every floating-point weight is finite (no NaN or infinity), failing with a
+    /// <see cref="CheckpointFormatException"/> that names the tensor and the element. It reads each tensor's bytes once more
+    /// from the mapped file, without extra memory (docs/security.md gives the cost). Off by default; the CLI turns it on.
+    /// </summary>
+    public bool CheckWeights { get; init; }
+
+    /// <summary>Aspect-ratio and intermediate-size limits of image preprocessing (the decoding limits are the decoder's).</summary>
+    public ImageLimits ImageLimits { get; init; } = ImageLimits.Default;
 }
 
 /// <summary>
@@ -138,6 +148,7 @@ public sealed class Lvlm : IDisposable
     /// <exception cref="ModelConfigException">config.json is missing, malformed or unsupported.</exception>
     /// <exception cref="CheckpointFormatException">Weights are missing, malformed or do not match the config.</exception>
     /// <exception cref="TokenizerException">Tokenizer files are missing or malformed.</exception>
+    /// <exception cref="ModelAllocationException">libtorch could not allocate the weights.</exception>
     public static Lvlm Load(string modelFolder, LvlmLoadOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new LvlmLoadOptions();
@@ -154,7 +165,7 @@ public sealed class Lvlm : IDisposable
             : TorchRuntime.ResolveDType(config.TorchDtype);
         var tokenizer = LlamaTextTokenizer.Load(modelFolder);
         var template = ChatTemplates.ForModel(modelFolder);
-        var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder));
+        var processor = new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(modelFolder), options.ImageLimits);
         var defaults = GenerationDefaults.Load(modelFolder, config.Text.EosTokenIds);
         var dynamicRate = LengthDependentRate.FromModelFolder(modelFolder);
 
@@ -165,17 +176,8 @@ public sealed class Lvlm : IDisposable
 
         var plan = new QuantizationPlan(options.Quantization, options.QuantizationGroupSize, options.QuantizeLmHead, config.Quantization);
         using var weights = CheckpointWeights.Open(modelFolder);
-        var model = new LlavaForConditionalGeneration(config, dtype, device, plan.DefersDecoder,
-            LlavaWeightLoader.DefersLmHead(plan, weights));
-        try
-        {
-            LlavaWeightLoader.Load(model, weights, modelFolder, plan, cancellationToken);
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+        // Config sizes are checked against the checkpoint's headers before anything is allocated.
+        var model = LlavaWeightLoader.Build(config, dtype, device, weights, modelFolder, plan, options.CheckWeights, cancellationToken);
 
         model.eval();
         if (device.type == DeviceType.CUDA)
@@ -204,17 +206,25 @@ public sealed class Lvlm : IDisposable
             defaults, engine) { _ownsNetwork = ownsNetwork };
     }
 
-    /// <summary>Renders messages through the chat template and attaches the images (one per image part, in order).</summary>
+    /// <summary>
+    /// Renders messages through the chat template and attaches the images (one per image part, in order). Message text is
+    /// tokenised as text: a literal <c>&lt;image&gt;</c> or <c>&lt;/s&gt;</c> in it stays those characters.
+    /// </summary>
     public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images, bool addGenerationPrompt = true) =>
-        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images);
+        CreatePrompt(messages, images, [], addGenerationPrompt);
 
     /// <summary>
     /// Renders messages with image and video parts (LLaVA-NeXT-Video) through the chat template and attaches the images and
-    /// the videos (each a sequence of frames), each list in order of appearance.
+    /// the videos (each a sequence of frames), each list in order of appearance. Only the template's markup and the image
+    /// layout produce special tokens; message text is tokenised as text.
     /// </summary>
     public LvlmPrompt CreatePrompt(IReadOnlyList<PromptMessage> messages, IReadOnlyList<RgbImage> images,
-        IReadOnlyList<IReadOnlyList<RgbImage>> videos, bool addGenerationPrompt = true) =>
-        CreateRawPrompt(ChatTemplate.Render(messages, addGenerationPrompt), images, videos);
+        IReadOnlyList<IReadOnlyList<RgbImage>> videos, bool addGenerationPrompt = true)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var segments = ChatTemplate.RenderSegments(messages, addGenerationPrompt);
+        return CreatePrompt(string.Concat(segments.Select(s => s.Text)), Tokenizer.Encode(segments, addSpecialTokens: true), images, videos);
+    }
 
     /// <summary>Uses <paramref name="text"/> as is; it must hold one image placeholder (<c>&lt;image&gt;</c>) per image.</summary>
     /// <exception cref="PruneKernelException">Placeholders and images do not pair up.</exception>
@@ -228,10 +238,23 @@ public sealed class Lvlm : IDisposable
     public LvlmPrompt CreateRawPrompt(string text, IReadOnlyList<RgbImage> images, IReadOnlyList<IReadOnlyList<RgbImage>> videos)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(text);
+        return CreatePrompt(text, Tokenizer.Encode(text, addSpecialTokens: true), images, videos);
+    }
+
+    /// <summary>Pairs placeholders with inputs, expands them and preprocesses the inputs (shared by both prompt builders).</summary>
+    private LvlmPrompt CreatePrompt(string text, IReadOnlyList<int> ids, IReadOnlyList<RgbImage> images, IReadOnlyList<IReadOnlyList<RgbImage>> videos)
+    {
         ArgumentNullException.ThrowIfNull(images);
         ArgumentNullException.ThrowIfNull(videos);
         var watch = Stopwatch.StartNew();
-        var ids = Tokenizer.Encode(text, addSpecialTokens: true);
+        // Ids index the embedding matrix: a tokenizer with more tokens than the model has rows must fail here, typed.
+        if (ids.FirstOrDefault(id => id < 0 || id >= Config.Text.VocabSize, -1) is var outside and >= 0)
+        {
+            throw new TokenizerException(
+                $"{ModelFolder}: the tokenizer produced id {outside} ('{Tokenizer.IdToToken(outside)}'), outside the model's vocabulary of {Config.Text.VocabSize}.");
+        }
+
         var placeholders = ids.Count(id => id == Config.ImageTokenId);
         if (placeholders != images.Count)
         {

@@ -14,6 +14,7 @@ internal static class ChatCommand
         var system = new Option<string?>("--system") { Description = "System message." };
         var command = new Command("chat", "Chat about an image; an empty line or end of input ends the chat.");
         model.AddTo(command);
+        model.AddWeightCheckTo(command);
         command.Add(image);
         command.Add(system);
         command.SetAction((r, ct) => CliErrors.Run(r, async output =>

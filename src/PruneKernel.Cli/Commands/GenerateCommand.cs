@@ -20,6 +20,7 @@ internal static class GenerateCommand
         format.AcceptOnlyFromAmong("text", "json");
         var command = new Command("generate", "Generate a completion for a prompt about an image.");
         model.AddTo(command);
+        model.AddWeightCheckTo(command);
         command.Add(image);
         command.Add(video);
         command.Add(prompt);

@@ -60,6 +60,15 @@ internal sealed class ModelOptions
 
     public Option<bool> PruneProtectUserTurn { get; } = new("--prune-protect-user-turn") { Description = "Context pruning: never prune the last user turn." };
 
+    public Option<bool> CheckWeights { get; } = new("--check-weights")
+    {
+        Description = "Verify every weight is finite while loading (default; a NaN/Inf tensor is named instead of yielding garbage). Costs one extra pass over the weights.",
+    };
+
+    public Option<bool> NoCheckWeights { get; } = new("--no-check-weights") { Description = "Skip the load-time check that every weight is finite." };
+
+    private bool _weightCheck;
+
     public void AddTo(Command command)
     {
         foreach (var option in new Option[]
@@ -72,6 +81,14 @@ internal sealed class ModelOptions
         }
     }
 
+    /// <summary>Adds --check-weights / --no-check-weights, with the check on by default, to a verb that generates for a user.</summary>
+    public void AddWeightCheckTo(Command command)
+    {
+        _weightCheck = true;
+        command.Add(CheckWeights);
+        command.Add(NoCheckWeights);
+    }
+
     public LvlmLoadOptions LoadOptions(ParseResult r) => new()
     {
         Device = r.GetValue(Device)!,
@@ -79,6 +96,7 @@ internal sealed class ModelOptions
         Quantization = r.GetValue(Quantize),
         QuantizationGroupSize = r.GetValue(QuantizeGroupSize),
         QuantizeLmHead = r.GetValue(QuantizeLmHead),
+        CheckWeights = _weightCheck && !r.GetValue(NoCheckWeights),
     };
 
     /// <summary>"none", "int8" or "int4" (any case).</summary>

@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using System.Text.Json;
+using PruneKernel.Runtime;
 using TorchSharp;
 
 namespace PruneKernel.Checkpoints;
@@ -77,6 +78,10 @@ public sealed class CheckpointWeights : IDisposable
     /// <exception cref="CheckpointFormatException">No tensor has that name, or its data is invalid.</exception>
     public torch.Tensor ReadTensor(string name) => Find(name).ReadTensor(name);
 
+    /// <summary>The index of the first NaN or infinite element of a floating-point tensor, or -1 (see <see cref="SafetensorsFile.IndexOfNonFinite"/>).</summary>
+    /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
+    public long IndexOfNonFinite(string name) => Find(name).IndexOfNonFinite(name);
+
     /// <summary>Full path of the file holding a tensor.</summary>
     /// <exception cref="CheckpointFormatException">No tensor has that name.</exception>
     public string FileOf(string name) => Find(name).Path;
@@ -151,14 +156,7 @@ public sealed class CheckpointWeights : IDisposable
         byte[] bytes;
         try
         {
-            using var stream = new FileStream(indexPath, FileMode.Open, FileAccess.Read, FileShare.Read);
-            if (stream.Length > MaxIndexBytes)
-            {
-                throw new CheckpointFormatException(indexPath, $"the index is {stream.Length} bytes, over the {MaxIndexBytes}-byte limit");
-            }
-
-            bytes = new byte[stream.Length];
-            stream.ReadExactly(bytes);
+            bytes = BoundedFile.ReadAllBytes(indexPath, MaxIndexBytes);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {

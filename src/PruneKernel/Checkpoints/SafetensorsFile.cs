@@ -1,4 +1,7 @@
 using System.IO.MemoryMappedFiles;
+using System.Numerics;
+using System.Runtime.InteropServices;
+using PruneKernel.Runtime;
 using TorchSharp;
 
 namespace PruneKernel.Checkpoints;
@@ -11,6 +14,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
 {
     // TorchSharp exposes tensor storage as a Span<byte>, whose length is an int, so very large tensors are copied in slices.
     private const long CopyChunkBytes = 1L << 30;
+
+    // A multiple of every element size, under a span's int length.
+    private const long NonFiniteChunkBytes = 1L << 30;
 
     private readonly MemoryMappedFile _map;
     private readonly MemoryMappedViewAccessor _view;
@@ -53,7 +59,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
         try
         {
             fullPath = System.IO.Path.GetFullPath(path);
-            stream = new FileStream(fullPath, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.RandomAccess);
+            // Only regular files: a FIFO would block the open and a device has no length to validate offsets against.
+            (stream, _) = BoundedFile.OpenRegular(fullPath, long.MaxValue);
             var length = stream.Length;
             Span<byte> prefix = stackalloc byte[SafetensorsHeader.LengthPrefixBytes];
             var got = stream.ReadAtLeast(prefix, prefix.Length, throwOnEndOfStream: false);
@@ -165,6 +172,82 @@ public sealed unsafe class SafetensorsFile : IDisposable
                 handle.DangerousRelease();
             }
         }
+    }
+
+    /// <summary>
+    /// The index of the first NaN or infinite element of a floating-point tensor (F16, BF16, F32, F64), or -1 when every
+    /// element is finite or the tensor is not floating point. Reads the mapped bytes directly, a chunk at a time, with
+    /// vector compares: no tensor is allocated, so the check costs a pass over memory and nothing more.
+    /// </summary>
+    /// <exception cref="CheckpointFormatException">The file has no tensor of that name.</exception>
+    public long IndexOfNonFinite(string name)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var info = GetInfo(name);
+        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F32 or SafetensorsDType.F64))
+        {
+            return -1;
+        }
+
+        var handle = _view.SafeMemoryMappedViewHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var elementSize = info.DType.ElementSize();
+            for (var start = 0L; start < info.ByteLength; start += NonFiniteChunkBytes)
+            {
+                var bytes = new ReadOnlySpan<byte>(_base + info.DataBegin + start, (int)Math.Min(NonFiniteChunkBytes, info.ByteLength - start));
+                // An infinity or NaN has every exponent bit set; the mantissa tells them apart, which does not matter here.
+                var index = info.DType switch
+                {
+                    SafetensorsDType.F16 => FirstWithAllBits(MemoryMarshal.Cast<byte, ushort>(bytes), (ushort)0x7C00),
+                    SafetensorsDType.BF16 => FirstWithAllBits(MemoryMarshal.Cast<byte, ushort>(bytes), (ushort)0x7F80),
+                    SafetensorsDType.F32 => FirstWithAllBits(MemoryMarshal.Cast<byte, uint>(bytes), 0x7F800000u),
+                    _ => FirstWithAllBits(MemoryMarshal.Cast<byte, ulong>(bytes), 0x7FF0000000000000ul),
+                };
+                if (index >= 0)
+                {
+                    return (start / elementSize) + index;
+                }
+            }
+
+            return -1;
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    private static int FirstWithAllBits<T>(ReadOnlySpan<T> values, T mask)
+        where T : unmanaged, IBinaryInteger<T>
+    {
+        var i = 0;
+        if (Vector.IsHardwareAccelerated && values.Length >= Vector<T>.Count)
+        {
+            var vectorMask = new Vector<T>(mask);
+            for (; i <= values.Length - Vector<T>.Count; i += Vector<T>.Count)
+            {
+                if (Vector.EqualsAny(new Vector<T>(values[i..]) & vectorMask, vectorMask))
+                {
+                    break;
+                }
+            }
+        }
+
+        for (; i < values.Length; i++)
+        {
+            if ((values[i] & mask) == mask)
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 
     /// <summary>Unmaps the file. Spans from <see cref="GetBytes"/> must no longer be used.</summary>

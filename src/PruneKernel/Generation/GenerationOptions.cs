@@ -130,7 +130,7 @@ public sealed record GenerationDefaults
         JsonObject json;
         try
         {
-            json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
+            json = JsonFiles.Parse(path) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Text.Json.JsonException)
         {
@@ -139,7 +139,7 @@ public sealed record GenerationDefaults
 
         var r = new ConfigReader(json, path);
         var defaults = new GenerationDefaults();
-        return new GenerationDefaults
+        var result = new GenerationDefaults
         {
             EosTokenIds = r.IntOrList("eos_token_id") ?? fallbackEos,
             DoSample = r.Bool("do_sample", false),
@@ -148,6 +148,16 @@ public sealed record GenerationDefaults
             TopK = r.Int("top_k", 0),
             MaxNewTokens = r.OptionalInt("max_new_tokens") ?? defaults.MaxNewTokens,
         };
+
+        // The defaults feed the sampler and the KV-cache size as they are; GenerationOptions.Validate never sees them.
+        if (result.MaxNewTokens < 0 || !(result.Temperature >= 0) || float.IsInfinity(result.Temperature)
+            || !(result.TopP > 0 && result.TopP <= 1) || result.TopK < 0)
+        {
+            throw new ModelConfigException(
+                $"{path}: max_new_tokens and top_k must be >= 0, temperature finite and >= 0, top_p in (0, 1] (found {result.MaxNewTokens}, {result.TopK}, {result.Temperature}, {result.TopP}).");
+        }
+
+        return result;
     }
 }
 

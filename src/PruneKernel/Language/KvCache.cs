@@ -1,3 +1,4 @@
+using PruneKernel.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -112,8 +113,18 @@ internal sealed class LayerKvCache : IDisposable
         if (_keys is null || _values is null)
         {
             long[] shape = [exact ? t : t + _decodeCapacity, like.shape[2], like.shape[3]];
-            _keys = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
-            _values = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+            try
+            {
+                _keys = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+                _values = torch.empty(shape, like.dtype, like.device).DetachFromDisposeScope();
+            }
+            catch (System.Runtime.InteropServices.ExternalException e) when (TorchAllocation.IsOutOfMemory(e))
+            {
+                _keys?.Dispose();
+                _keys = null;
+                var bytes = 2 * shape[0] * shape[1] * shape[2] * like.ElementSize;
+                throw new ModelAllocationException($"a KV cache of {shape[0]} tokens (keys and values)", bytes, like.device.ToString(), e);
+            }
         }
 
         if (Length + t > _keys.shape[0])

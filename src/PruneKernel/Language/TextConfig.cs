@@ -68,6 +68,15 @@ public sealed record TextConfig
     /// <summary>The dtype stated in the text config, if any.</summary>
     public string? TorchDtype { get; init; }
 
+    // Sane ceilings, each far above any LLaVA-family checkpoint (Llama 3.1 405B: 126 layers, width 16384, 53248 MLP).
+    internal const int MaxVocab = 1 << 22;
+    internal const int MaxHidden = 65_536;
+    internal const int MaxIntermediate = 262_144;
+    internal const int MaxLayers = 512;
+    internal const int MaxHeads = 1_024;
+    internal const int MaxHeadDim = 1_024;
+    internal const int MaxPositions = 1 << 22;
+
     /// <summary>Builds a text configuration from its JSON object (null means every default).</summary>
     public static TextConfig Parse(JsonObject? json, string source)
     {
@@ -89,27 +98,37 @@ public sealed record TextConfig
                 $"{source}: inconsistent attention shape (hidden_size {hidden}, heads {heads}, key/value heads {kvHeads}, head_dim {headDim}).");
         }
 
+        foreach (var (key, value, ceiling) in new[] { ("hidden_size", hidden, MaxHidden), ("num_attention_heads", heads, MaxHeads), ("head_dim", headDim, MaxHeadDim) })
+        {
+            if (value > ceiling)
+            {
+                throw ConfigReader.Ceiling(source, key, value, ceiling);
+            }
+        }
+
         var (theta, factor) = ReadRope(r, json, source);
         var hiddenAct = r.String("hidden_act", "silu");
         _ = Activations.Resolve(hiddenAct, source + " hidden_act");
         var config = new TextConfig
         {
             ModelType = type,
-            VocabSize = r.Positive("vocab_size", 32000),
+            VocabSize = r.Positive("vocab_size", 32000, MaxVocab),
             HiddenSize = hidden,
-            IntermediateSize = r.Positive("intermediate_size", mistral ? 14336 : 11008),
-            NumHiddenLayers = r.Positive("num_hidden_layers", 32),
+            IntermediateSize = r.Positive("intermediate_size", mistral ? 14336 : 11008, MaxIntermediate),
+            NumHiddenLayers = r.Positive("num_hidden_layers", 32, MaxLayers),
             NumAttentionHeads = heads,
             NumKeyValueHeads = kvHeads,
             HeadDim = headDim,
-            MaxPositionEmbeddings = r.Positive("max_position_embeddings", mistral ? 4096 * 32 : 2048),
+            MaxPositionEmbeddings = r.Positive("max_position_embeddings", mistral ? 4096 * 32 : 2048, MaxPositions),
             RmsNormEps = r.Double("rms_norm_eps", 1e-6),
             RopeTheta = theta,
             RopeLinearFactor = factor,
             AttentionBias = r.Bool("attention_bias", false),
             MlpBias = r.Bool("mlp_bias", false),
             HiddenAct = hiddenAct,
-            SlidingWindow = mistral ? r.OptionalInt("sliding_window") : null,
+            SlidingWindow = mistral ? r.OptionalInt("sliding_window") is int window && window <= 0
+                ? throw new ModelConfigException($"{source}: 'sliding_window' must be positive (found {window}).")
+                : r.OptionalInt("sliding_window") : null,
             TieWordEmbeddings = r.Bool("tie_word_embeddings", false),
             BosTokenId = r.OptionalInt("bos_token_id") ?? 1,
             EosTokenIds = r.IntOrList("eos_token_id") ?? [2],
@@ -123,6 +142,11 @@ public sealed record TextConfig
     {
         // transformers 5 writes rope_parameters; older configs (the llava-hf hub checkpoints) write rope_theta + rope_scaling.
         var theta = r.Double("rope_theta", 10000.0);
+        if (!(theta > 0))
+        {
+            throw new ModelConfigException($"{source}: 'rope_theta' must be positive (found {theta}).");
+        }
+
         JsonObject? scaling = json?["rope_parameters"] as JsonObject ?? json?["rope_scaling"] as JsonObject;
         if (scaling is null)
         {
@@ -131,6 +155,11 @@ public sealed record TextConfig
 
         var s = new ConfigReader(scaling, source + " rope parameters");
         theta = s.OptionalDouble("rope_theta") ?? theta;
+        if (!(theta > 0))
+        {
+            throw new ModelConfigException($"{source}: rope parameters' 'rope_theta' must be positive (found {theta}).");
+        }
+
         var kind = s.OptionalString("rope_type") ?? s.OptionalString("type") ?? "default";
         return kind switch
         {

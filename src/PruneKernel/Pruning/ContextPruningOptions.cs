@@ -101,7 +101,7 @@ public sealed record LengthDependentRate(double A, double B, double C, double Mi
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: expected a JSON object.");
+            root = JsonFiles.Parse(path) as JsonObject ?? throw new ModelConfigException($"{path}: expected a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
         {

@@ -186,7 +186,7 @@ internal static unsafe class LibTorchCuda
 
         public Graph()
         {
-            _object = (IntPtr)NativeMemory.AllocZeroed(GraphObjectBytes);
+            _object = (IntPtr)System.Runtime.InteropServices.NativeMemory.AllocZeroed(GraphObjectBytes);
             if (_graphConstructKeep != null)
             {
                 _graphConstructKeep(_object, 0);
@@ -222,7 +222,7 @@ internal static unsafe class LibTorchCuda
             if (_object != IntPtr.Zero)
             {
                 _graphDestroy(_object);
-                NativeMemory.Free((void*)_object);
+                System.Runtime.InteropServices.NativeMemory.Free((void*)_object);
                 _object = IntPtr.Zero;
             }
         }

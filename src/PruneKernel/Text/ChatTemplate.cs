@@ -48,6 +48,21 @@ public sealed record PromptMessage(PromptRole Role, IReadOnlyList<PromptPart> Pa
     public int VideoCount => Parts.Count(p => p is VideoPart);
 }
 
+/// <summary>
+/// A piece of a rendered prompt: template markup (role prefixes, image placeholders, turn separators), where the
+/// tokenizer matches special tokens, or message content, which is always tokenised as plain text.
+/// </summary>
+/// <param name="Text">The text.</param>
+/// <param name="IsMarkup">True for the template's own text; false for what a message said.</param>
+public sealed record PromptSegment(string Text, bool IsMarkup)
+{
+    /// <summary>Template text (may contain special tokens such as <c>&lt;image&gt;</c> or <c>&lt;/s&gt;</c>).</summary>
+    public static PromptSegment Markup(string text) => new(text, true);
+
+    /// <summary>Message content (a special token's spelling in it stays text).</summary>
+    public static PromptSegment Content(string text) => new(text, false);
+}
+
 /// <summary>Turns messages into the prompt text a model was trained on.</summary>
 public interface IChatTemplate
 {
@@ -62,6 +77,13 @@ public interface IChatTemplate
 
     /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> it ends where the assistant's answer starts.</summary>
     string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt);
+
+    /// <summary>
+    /// Renders the conversation as <see cref="Render"/> does, keeping apart the template's markup and the messages'
+    /// content, so that text a user typed (a literal <c>&lt;image&gt;</c>, <c>&lt;/s&gt;</c> or <c>[INST]</c>) can never
+    /// become a special token. The segments' texts concatenated equal <see cref="Render"/>'s result.
+    /// </summary>
+    IReadOnlyList<PromptSegment> RenderSegments(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt);
 }
 
 /// <summary>
@@ -83,39 +105,45 @@ public sealed class Llava15ChatTemplate : IChatTemplate
     public string UserTurnMarker => "USER:";
 
     /// <inheritdoc />
-    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
+    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt) =>
+        string.Concat(RenderSegments(messages, addGenerationPrompt).Select(s => s.Text));
+
+    /// <inheritdoc />
+    public IReadOnlyList<PromptSegment> RenderSegments(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
     {
-        var text = new System.Text.StringBuilder();
+        ArgumentNullException.ThrowIfNull(messages);
+        var segments = new List<PromptSegment>();
         foreach (var message in messages)
         {
-            text.Append(message.Role switch
+            segments.Add(PromptSegment.Markup(message.Role switch
             {
                 PromptRole.User => "USER: ",
                 PromptRole.Assistant => "ASSISTANT: ",
                 _ => string.Empty,
-            });
+            }));
             foreach (var _ in message.Parts.OfType<ImagePart>())
             {
-                text.Append(ImageToken).Append('\n');
+                segments.Add(PromptSegment.Markup(ImageToken + "\n"));
             }
 
             foreach (var _ in message.Parts.OfType<VideoPart>())
             {
-                text.Append(ChatTemplates.VideoToken).Append('\n');
+                segments.Add(PromptSegment.Markup(ChatTemplates.VideoToken + "\n"));
             }
 
             foreach (var part in message.Parts.OfType<TextPart>())
             {
-                text.Append(part.Text).Append(' ');
+                segments.Add(PromptSegment.Content(part.Text));
+                segments.Add(PromptSegment.Markup(" "));
             }
         }
 
         if (addGenerationPrompt)
         {
-            text.Append(GenerationPrompt);
+            segments.Add(PromptSegment.Markup(GenerationPrompt));
         }
 
-        return text.ToString();
+        return segments;
     }
 }
 
@@ -139,39 +167,52 @@ public sealed class MistralInstructChatTemplate : IChatTemplate
     public string UserTurnMarker => "[INST]";
 
     /// <inheritdoc />
-    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
+    public string Render(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt) =>
+        string.Concat(RenderSegments(messages, addGenerationPrompt).Select(s => s.Text));
+
+    /// <inheritdoc />
+    public IReadOnlyList<PromptSegment> RenderSegments(IReadOnlyList<PromptMessage> messages, bool addGenerationPrompt)
     {
-        var text = new System.Text.StringBuilder();
-        var system = string.Join("\n\n", messages.Where(m => m.Role == PromptRole.System).SelectMany(m => m.Parts.OfType<TextPart>()).Select(p => p.Text));
+        ArgumentNullException.ThrowIfNull(messages);
+        var segments = new List<PromptSegment>();
+        var system = messages.Where(m => m.Role == PromptRole.System).SelectMany(m => m.Parts.OfType<TextPart>()).Select(p => p.Text).ToList();
         foreach (var message in messages.Where(m => m.Role != PromptRole.System))
         {
             if (message.Role == PromptRole.Assistant)
             {
-                text.Append(' ').Append(string.Concat(message.Parts.OfType<TextPart>().Select(p => p.Text))).Append("</s>");
+                segments.Add(PromptSegment.Markup(" "));
+                segments.AddRange(message.Parts.OfType<TextPart>().Select(p => PromptSegment.Content(p.Text)));
+                segments.Add(PromptSegment.Markup("</s>"));
                 continue;
             }
 
-            text.Append("[INST] ");
-            if (system.Length > 0)
+            segments.Add(PromptSegment.Markup("[INST] "));
+            // As the plain rendering: the system texts joined by blank lines, then a blank line, unless that join is empty.
+            if (string.Join("\n\n", system).Length > 0)
             {
-                text.Append(system).Append("\n\n");
-                system = string.Empty;
+                for (var i = 0; i < system.Count; i++)
+                {
+                    segments.Add(PromptSegment.Content(system[i]));
+                    segments.Add(PromptSegment.Markup("\n\n"));
+                }
+
+                system.Clear();
             }
 
             foreach (var part in message.Parts)
             {
-                text.Append(part switch
+                segments.Add(part switch
                 {
-                    TextPart t => t.Text,
-                    VideoPart => ChatTemplates.VideoToken + "\n",
-                    _ => ImageToken + "\n",
+                    TextPart t => PromptSegment.Content(t.Text),
+                    VideoPart => PromptSegment.Markup(ChatTemplates.VideoToken + "\n"),
+                    _ => PromptSegment.Markup(ImageToken + "\n"),
                 });
             }
 
-            text.Append(" [/INST]");
+            segments.Add(PromptSegment.Markup(" [/INST]"));
         }
 
-        return text.ToString();
+        return segments;
     }
 }
 
@@ -195,7 +236,15 @@ public static class ChatTemplates
             var path = Path.Combine(modelFolder, name);
             if (File.Exists(path))
             {
-                source = File.ReadAllText(path);
+                try
+                {
+                    source = Runtime.BoundedFile.ReadAllText(path, Runtime.BoundedFile.ConfigBytes);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new TokenizerException($"{path}: cannot read the chat template ({e.Message}).", e);
+                }
+
                 break;
             }
         }

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
+using PruneKernel.Runtime;
 
 namespace PruneKernel.Text;
 
@@ -72,7 +73,7 @@ public sealed class LlamaTextTokenizer
         PadTokenId = pad;
     }
 
-    /// <summary>Beginning-of-sequence id (prepended by <see cref="Encode"/>).</summary>
+    /// <summary>Beginning-of-sequence id (prepended by <see cref="Encode(string, bool)"/>).</summary>
     public int BosTokenId { get; }
 
     /// <summary>End-of-sequence id.</summary>
@@ -92,48 +93,98 @@ public sealed class LlamaTextTokenizer
     public static LlamaTextTokenizer Load(string modelFolder)
     {
         var modelPath = Path.Combine(modelFolder, "tokenizer.model");
+        var configPath = Path.Combine(modelFolder, "tokenizer_config.json");
+        var tokenizerJsonPath = Path.Combine(modelFolder, "tokenizer.json");
+        var addedPath = Path.Combine(modelFolder, "added_tokens.json");
+        // The JSON files first: a byte-level tokenizer.json is named as such even when tokenizer.model is absent.
+        var config = ReadJson(configPath);
+        TokenizerFiles.CheckConfig(config, configPath);
+        var tokenizerJson = ReadJson(tokenizerJsonPath, BoundedFile.TokenizerBytes);
+        TokenizerFiles.CheckPipeline(tokenizerJson, tokenizerJsonPath);
         if (!File.Exists(modelPath))
         {
             throw new TokenizerException($"{modelPath}: not found (PruneKernel needs the SentencePiece tokenizer.model).");
         }
 
         var pieces = SentencePieceModel.ReadPieces(modelPath);
+        var maxId = (long)pieces.Count + TokenizerFiles.MaxAddedBeyondVocabulary;
         var added = new Dictionary<int, (string Content, bool Special)>();
-        var config = ReadJson(Path.Combine(modelFolder, "tokenizer_config.json"));
-        var tokenizerJson = ReadJson(Path.Combine(modelFolder, "tokenizer.json"));
-        var merges = ReadMerges(tokenizerJson?["model"]?["merges"]);
-        if (tokenizerJson?["added_tokens"] is JsonArray list)
+        void Add(int? id, string? content, bool special, string source, bool replace)
         {
-            foreach (var token in list.OfType<JsonObject>())
+            if (id is null || content is null)
             {
-                if (token["id"]?.GetValue<int>() is int id && token["content"]?.GetValue<string>() is string content)
-                {
-                    added[id] = (content, token["special"]?.GetValue<bool>() ?? false);
-                }
+                return;
+            }
+
+            if (id < 0 || id >= maxId || content.Length == 0)
+            {
+                throw new TokenizerException($"{source}: added token '{content}' has id {id}, outside 0 .. {maxId - 1}, or is empty.");
+            }
+
+            if (replace)
+            {
+                added[id.Value] = (content, special);
+            }
+            else
+            {
+                added.TryAdd(id.Value, (content, special));
             }
         }
 
-        if (config?["added_tokens_decoder"] is JsonObject decoder)
+        var merges = ReadMerges(tokenizerJson is JsonObject tj && tj["model"] is JsonObject model ? model["merges"] : null, tokenizerJsonPath);
+        switch (tokenizerJson is JsonObject t ? t["added_tokens"] : null)
         {
-            foreach (var (key, value) in decoder)
-            {
-                if (int.TryParse(key, out var id) && value?["content"]?.GetValue<string>() is string content)
+            case null:
+                break;
+            case JsonArray list:
+                foreach (var item in list)
                 {
-                    added.TryAdd(id, (content, value["special"]?.GetValue<bool>() ?? false));
+                    var token = item as JsonObject ?? throw new TokenizerException($"{tokenizerJsonPath}: added_tokens entries must be objects.");
+                    var source = tokenizerJsonPath + " added_tokens";
+                    Add(TokenizerFiles.OptionalInt(token["id"], "id", source), TokenizerFiles.OptionalString(token, "content", source),
+                        TokenizerFiles.OptionalBool(token["special"], "special", source) ?? false, source, replace: true);
                 }
-            }
+
+                break;
+            default:
+                throw new TokenizerException($"{tokenizerJsonPath}: added_tokens must be a list.");
         }
 
-        if (ReadJson(Path.Combine(modelFolder, "added_tokens.json")) is JsonObject addedFile)
+        switch (config is JsonObject c ? c["added_tokens_decoder"] : null)
         {
-            foreach (var (content, value) in addedFile)
-            {
-                // added_tokens.json carries no "special" flag; LLaVA's added tokens (<image>, <pad>) are bracketed specials.
-                if (value?.GetValue<int>() is int id)
+            case null:
+                break;
+            case JsonObject decoder:
+                foreach (var (key, value) in decoder)
                 {
-                    added.TryAdd(id, (content, content.StartsWith('<') && content.EndsWith('>')));
+                    var source = configPath + " added_tokens_decoder." + key;
+                    if (value is not JsonObject entry || !int.TryParse(key, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var id))
+                    {
+                        throw new TokenizerException($"{source}: entries must be objects keyed by a non-negative id.");
+                    }
+
+                    Add(id, TokenizerFiles.OptionalString(entry, "content", source), TokenizerFiles.OptionalBool(entry["special"], "special", source) ?? false, source, replace: false);
                 }
-            }
+
+                break;
+            default:
+                throw new TokenizerException($"{configPath}: added_tokens_decoder must be an object.");
+        }
+
+        switch (ReadJson(addedPath))
+        {
+            case null:
+                break;
+            case JsonObject addedFile:
+                foreach (var (content, value) in addedFile)
+                {
+                    // added_tokens.json carries no "special" flag; LLaVA's added tokens (<image>, <pad>) are bracketed specials.
+                    Add(TokenizerFiles.OptionalInt(value, content, addedPath), content, content.StartsWith('<') && content.EndsWith('>'), addedPath, replace: false);
+                }
+
+                break;
+            default:
+                throw new TokenizerException($"{addedPath}: not a JSON object of token to id.");
         }
 
         var addedTokens = added
@@ -165,17 +216,22 @@ public sealed class LlamaTextTokenizer
             pieces,
             merges,
             addedTokens,
-            bos: Lookup(TokenName(config?["bos_token"])) ?? 1,
-            eos: Lookup(TokenName(config?["eos_token"])) ?? 2,
-            pad: Lookup(TokenName(config?["pad_token"]) ?? "<pad>"));
+            bos: Lookup(TokenName(config, "bos_token", configPath)) ?? 1,
+            eos: Lookup(TokenName(config, "eos_token", configPath)) ?? 2,
+            pad: Lookup(TokenName(config, "pad_token", configPath) ?? "<pad>"));
     }
 
     /// <summary>tokenizer.json merges: ["a", "b"] pairs (tokenizers 0.20+) or "a b" strings (older files).</summary>
-    private static List<(string Left, string Right)>? ReadMerges(JsonNode? node)
+    private static List<(string Left, string Right)>? ReadMerges(JsonNode? node, string path)
     {
-        if (node is not JsonArray array)
+        if (node is null)
         {
             return null;
+        }
+
+        if (node is not JsonArray array)
+        {
+            throw new TokenizerException($"{path}: model merges must be a list.");
         }
 
         var merges = new List<(string Left, string Right)>(array.Count);
@@ -183,8 +239,9 @@ public sealed class LlamaTextTokenizer
         {
             switch (item)
             {
-                case JsonArray { Count: 2 } pair:
-                    merges.Add((pair[0]!.GetValue<string>(), pair[1]!.GetValue<string>()));
+                case JsonArray { Count: 2 } pair when pair[0] is JsonValue l && l.TryGetValue<string>(out var left)
+                    && pair[1] is JsonValue r && r.TryGetValue<string>(out var right):
+                    merges.Add((left, right));
                     break;
                 case JsonValue value when value.TryGetValue<string>(out var text) && text.IndexOf(' ', StringComparison.Ordinal) is > 0 and var space:
                     merges.Add((text[..space], text[(space + 1)..]));
@@ -197,7 +254,7 @@ public sealed class LlamaTextTokenizer
         return merges;
     }
 
-    private static JsonNode? ReadJson(string path)
+    private static JsonNode? ReadJson(string path, long maxBytes = BoundedFile.ConfigBytes)
     {
         if (!File.Exists(path))
         {
@@ -206,7 +263,7 @@ public sealed class LlamaTextTokenizer
 
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path));
+            return JsonFiles.Parse(path, maxBytes);
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or IOException or UnauthorizedAccessException)
         {
@@ -214,11 +271,12 @@ public sealed class LlamaTextTokenizer
         }
     }
 
-    private static string? TokenName(JsonNode? node) => node switch
+    private static string? TokenName(JsonNode? config, string key, string path) => (config as JsonObject)?[key] switch
     {
+        null => null,
         JsonValue v when v.TryGetValue<string>(out var s) => s,
-        JsonObject o => o["content"]?.GetValue<string>(),
-        _ => null,
+        JsonObject o => TokenizerFiles.OptionalString(o, "content", $"{path} {key}"),
+        var other => throw new TokenizerException($"{path}: '{key}' must be a string or an object with 'content' (found {other.ToJsonString()})."),
     };
 
     /// <summary>The id of a token (vocabulary piece or added token), if it exists.</summary>
@@ -233,10 +291,45 @@ public sealed class LlamaTextTokenizer
     /// <summary>Whether the id is a special token (BOS, EOS, UNK, or an added special such as <c>&lt;image&gt;</c>).</summary>
     public bool IsSpecial(int id) => _special.Contains(id);
 
-    /// <summary>Token ids of <paramref name="text"/>, with BOS first when <paramref name="addSpecialTokens"/> is set.</summary>
+    /// <summary>
+    /// Token ids of <paramref name="text"/>, with BOS first when <paramref name="addSpecialTokens"/> is set. Added and
+    /// control tokens (<c>&lt;image&gt;</c>, <c>&lt;s&gt;</c>, ...) spelled in the text become those tokens: use this for
+    /// trusted text only, and <see cref="Encode(IReadOnlyList{PromptSegment}, bool)"/> for prompts with user content.
+    /// </summary>
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
     {
         ArgumentNullException.ThrowIfNull(text);
+        return Encode(text, [(0, text.Length)], addSpecialTokens);
+    }
+
+    /// <summary>
+    /// Token ids of rendered prompt segments: special tokens are matched in markup segments only, so content (what a user,
+    /// or a conversation's history, said) is always tokenised as text. Text runs are encoded across segment boundaries
+    /// exactly as the concatenated string would be, so when no content spells a special token the ids equal
+    /// <see cref="Encode(string, bool)"/> of the concatenation.
+    /// </summary>
+    public IReadOnlyList<int> Encode(IReadOnlyList<PromptSegment> segments, bool addSpecialTokens = true)
+    {
+        ArgumentNullException.ThrowIfNull(segments);
+        var text = new StringBuilder();
+        var markup = new List<(int Start, int End)>();
+        foreach (var segment in segments)
+        {
+            ArgumentNullException.ThrowIfNull(segment);
+            var start = text.Length;
+            text.Append(segment.Text);
+            if (segment.IsMarkup && segment.Text.Length > 0)
+            {
+                markup.Add((start, text.Length));
+            }
+        }
+
+        return Encode(text.ToString(), markup, addSpecialTokens);
+    }
+
+    /// <summary>Encodes <paramref name="text"/>, matching added tokens only inside the <paramref name="matchable"/> ranges (sorted, disjoint).</summary>
+    private List<int> Encode(string text, IReadOnlyList<(int Start, int End)> matchable, bool addSpecialTokens)
+    {
         var ids = new List<int>(text.Length / 3 + 2);
         if (addSpecialTokens)
         {
@@ -246,7 +339,7 @@ public sealed class LlamaTextTokenizer
         var position = 0;
         while (position <= text.Length)
         {
-            var (at, token) = NextAddedToken(text, position);
+            var (at, token) = NextAddedToken(text, position, matchable);
             var end = at < 0 ? text.Length : at;
             if (end > position)
             {
@@ -272,21 +365,42 @@ public sealed class LlamaTextTokenizer
         return ids;
     }
 
-    private (int At, string? Token) NextAddedToken(string text, int from)
+    /// <summary>The leftmost (then longest) added token at or after <paramref name="from"/> lying wholly inside one matchable range.</summary>
+    private (int At, string? Token) NextAddedToken(string text, int from, IReadOnlyList<(int Start, int End)> matchable)
     {
-        var best = -1;
-        string? bestToken = null;
-        foreach (var token in _addedByLength)
+        foreach (var (start, end) in matchable)
         {
-            var at = text.IndexOf(token, from, StringComparison.Ordinal);
-            if (at >= 0 && (best < 0 || at < best))
+            if (end <= from)
             {
-                best = at;
-                bestToken = token;
+                continue;
+            }
+
+            var searchFrom = Math.Max(start, from);
+            var best = -1;
+            string? bestToken = null;
+            foreach (var token in _addedByLength)
+            {
+                if (token.Length > end - searchFrom)
+                {
+                    continue;
+                }
+
+                var at = text.IndexOf(token, searchFrom, end - searchFrom, StringComparison.Ordinal);
+                if (at >= 0 && (best < 0 || at < best))
+                {
+                    best = at;
+                    bestToken = token;
+                }
+            }
+
+            // Ranges are in order: the first range with a match holds the leftmost one.
+            if (best >= 0)
+            {
+                return (best, bestToken);
             }
         }
 
-        return (best, bestToken);
+        return (-1, null);
     }
 
     /// <summary>Text of the ids: '▁' becomes a space, byte pieces are reassembled as UTF-8, one leading space is dropped.</summary>

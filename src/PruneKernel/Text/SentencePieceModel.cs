@@ -1,4 +1,5 @@
 using System.Text;
+using PruneKernel.Runtime;
 
 namespace PruneKernel.Text;
 
@@ -27,7 +28,7 @@ internal static class SentencePieceModel
         byte[] bytes;
         try
         {
-            bytes = File.ReadAllBytes(path);
+            bytes = BoundedFile.ReadAllBytes(path, BoundedFile.TokenizerBytes);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -52,8 +53,9 @@ internal static class SentencePieceModel
 
             return pieces.Count > 0 ? pieces : throw new TokenizerException($"{path}: the SentencePiece model has no pieces.");
         }
-        catch (FormatException e)
+        catch (Exception e) when (e is FormatException or ArgumentException)
         {
+            // ArgumentException: a piece's text is not valid UTF-8 (DecoderFallbackException).
             throw new TokenizerException($"{path}: not a SentencePiece model ({e.Message}).", e);
         }
     }

@@ -9,9 +9,45 @@ namespace PruneKernel.Vision;
 internal static class AntialiasResampler
 {
     /// <summary>Resizes <paramref name="src"/> (<paramref name="width"/> x <paramref name="height"/> RGB) to the output size.</summary>
-    public static byte[] Resize(byte[] src, int width, int height, int outWidth, int outHeight, bool bicubic)
+    /// <param name="src">Interleaved RGB.</param>
+    /// <param name="width">Input width.</param>
+    /// <param name="height">Input height.</param>
+    /// <param name="outWidth">Output width.</param>
+    /// <param name="outHeight">Output height.</param>
+    /// <param name="bicubic">Bicubic (else bilinear) filter.</param>
+    /// <param name="maxPixels">Most pixels the output and the one intermediate may have.</param>
+    /// <param name="name">Names the image in errors.</param>
+    /// <exception cref="ImageDecodeException">The output, or every order of the two passes, needs more than <paramref name="maxPixels"/>.</exception>
+    public static byte[] Resize(byte[] src, int width, int height, int outWidth, int outHeight, bool bicubic, long maxPixels = int.MaxValue / 3, string name = "image")
     {
+        if (outWidth <= 0 || outHeight <= 0 || (long)outWidth * outHeight > maxPixels)
+        {
+            throw new ImageDecodeException(
+                $"{name}: resizing {width}x{height} to {outWidth}x{outHeight} needs {(long)outWidth * outHeight} pixels, over the {maxPixels}-pixel limit (ImageLimits.MaxIntermediatePixels).");
+        }
+
+        // torch runs the width pass first; its intermediate is height x outWidth. When only the other order fits the
+        // limit (a very tall image made wide), take that one: same filters, rounding between the passes may differ by one level.
+        var verticalFirst = false;
+        if (outWidth != width && outHeight != height && (long)height * outWidth > maxPixels)
+        {
+            if ((long)width * outHeight > maxPixels)
+            {
+                throw new ImageDecodeException(
+                    $"{name}: resizing {width}x{height} to {outWidth}x{outHeight} needs an intermediate over the {maxPixels}-pixel limit (ImageLimits.MaxIntermediatePixels).");
+            }
+
+            verticalFirst = true;
+        }
+
         var current = src;
+        if (verticalFirst)
+        {
+            current = Vertical(current, width, outHeight, Axis.Create(height, outHeight, bicubic));
+            current = Horizontal(current, outHeight, width, outWidth, Axis.Create(width, outWidth, bicubic));
+            return current;
+        }
+
         // torch skips an axis whose size does not change; its weights would be the identity anyway.
         if (outWidth != width)
         {

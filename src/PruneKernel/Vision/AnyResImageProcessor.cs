@@ -71,15 +71,16 @@ internal sealed class AnyResImageProcessor(ClipImageProcessor tiles, IReadOnlyLi
     public PixelValues Preprocess(RgbImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
+        tiles.CheckShape(image);
         var side = tiles.Config.CropHeight;
         var rgb = image.Rgb.ToArray();
-        var bicubic = tiles.Config.Resample == 3;
+        var name = image.DisplayName;
         var grid = AnyResGeometry.BestResolution(image.Height, image.Width, gridPinpoints);
         var (fitH, fitW) = AnyResGeometry.FittedSize(image.Height, image.Width, grid);
-        var fitted = AntialiasResampler.Resize(rgb, image.Width, image.Height, fitW, fitH, bicubic);
+        var fitted = tiles.Resize(rgb, image.Width, image.Height, fitW, fitH, name);
         int top = (grid.Height - fitH) / 2, left = (grid.Width - fitW) / 2;
 
-        var parts = new List<PixelValues> { tiles.Preprocess(new RgbImage(side, side, AntialiasResampler.Resize(rgb, image.Width, image.Height, side, side, bicubic))) };
+        var parts = new List<PixelValues> { tiles.Preprocess(new RgbImage(side, side, tiles.Resize(rgb, image.Width, image.Height, side, side, name)) { SourceName = image.SourceName }) };
         for (var ty = 0; ty < grid.Height / side; ty++)
         {
             for (var tx = 0; tx < grid.Width / side; tx++)
@@ -98,7 +99,7 @@ internal sealed class AnyResImageProcessor(ClipImageProcessor tiles, IReadOnlyLi
                     }
                 }
 
-                parts.Add(tiles.Preprocess(new RgbImage(side, side, tile)));
+                parts.Add(tiles.Preprocess(new RgbImage(side, side, tile) { SourceName = image.SourceName }));
             }
         }
 

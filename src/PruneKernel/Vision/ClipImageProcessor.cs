@@ -109,7 +109,7 @@ public sealed record ImageProcessorConfig
     {
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
+            return JsonFiles.Parse(path) as JsonObject ?? throw new ModelConfigException($"{path}: not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
         {
@@ -206,9 +206,21 @@ public sealed record ImageProcessorConfig
             throw new ModelConfigException($"{source}: resample {Resample} is not supported (2 = bilinear, 3 = bicubic).");
         }
 
-        if (ShortestEdge is <= 0 || ResizeTo is { Height: <= 0 } or { Width: <= 0 } || CropHeight <= 0 || CropWidth <= 0)
+        if (ShortestEdge is <= 0 || ResizeTo is { Height: <= 0 } or { Width: <= 0 } || CropHeight <= 0 || CropWidth <= 0 || LongestEdge is <= 0 || MinSize <= 0)
         {
             throw new ModelConfigException($"{source}: sizes must be positive.");
+        }
+
+        // Every size here becomes an image preprocessing allocates; the vision tower's own ceiling is the same.
+        var largest = new[] { ShortestEdge ?? 0, ResizeTo?.Height ?? 0, ResizeTo?.Width ?? 0, CropHeight, CropWidth, LongestEdge ?? 0, MinSize }.Max();
+        if (largest > VisionConfig.MaxImageSize)
+        {
+            throw ConfigReader.Ceiling(source, "size / crop_size / min_size", largest, VisionConfig.MaxImageSize);
+        }
+
+        if (!double.IsFinite(RescaleFactor) || ImageMean.Concat(ImageStd).Any(v => !float.IsFinite(v)))
+        {
+            throw new ModelConfigException($"{source}: rescale_factor, image_mean and image_std must be finite numbers.");
         }
 
         if (ImageStd.Any(s => s == 0))
@@ -232,13 +244,40 @@ public sealed record ImageProcessorConfig
 /// <summary>
 /// CLIP image preprocessing as transformers' CLIPImageProcessor does it: RGB (alpha dropped), resize (shortest edge, Pillow's
 /// antialiased bicubic in 8-bit fixed point), centre crop, rescale, normalise. Optionally LLaVA's pad-to-square first.
+/// Every intermediate stays within <see cref="ImageLimits.MaxIntermediatePixels"/> and images beyond
+/// <see cref="ImageLimits.MaxAspectRatio"/> are refused (see <see cref="Limits"/>).
 /// </summary>
-public sealed class ClipImageProcessor(ImageProcessorConfig config)
+public sealed class ClipImageProcessor(ImageProcessorConfig config, ImageLimits? limits = null)
 {
-    private readonly ClipImageProcessor? _highRes = config.HighRes is { } high ? new ClipImageProcessor(high) : null;
+    private readonly ClipImageProcessor? _highRes = config.HighRes is { } high ? new ClipImageProcessor(high, limits) : null;
 
     /// <summary>The configuration in use.</summary>
     public ImageProcessorConfig Config { get; } = config;
+
+    /// <summary>The aspect-ratio and intermediate-size limits preprocessing enforces.</summary>
+    public ImageLimits Limits { get; } = Checked(limits ?? ImageLimits.Default);
+
+    private static ImageLimits Checked(ImageLimits limits)
+    {
+        limits.Validate();
+        return limits;
+    }
+
+    /// <summary>Refuses images whose aspect ratio no processor handles within bounded memory.</summary>
+    /// <exception cref="ImageDecodeException">The aspect ratio is over <see cref="ImageLimits.MaxAspectRatio"/>.</exception>
+    internal void CheckShape(RgbImage image)
+    {
+        var aspect = ImageLimits.AspectRatio(image.Width, image.Height);
+        if (aspect > Limits.MaxAspectRatio)
+        {
+            throw new ImageDecodeException(
+                $"{image.DisplayName}: {image.Width}x{image.Height} has an aspect ratio of {aspect:0.#}:1, over the {Limits.MaxAspectRatio:0.#}:1 limit (ImageLimits.MaxAspectRatio).");
+        }
+    }
+
+    /// <summary>The antialiased resize within this processor's intermediate limit.</summary>
+    internal byte[] Resize(byte[] rgb, int width, int height, int outWidth, int outHeight, string name) =>
+        AntialiasResampler.Resize(rgb, width, height, outWidth, outHeight, Config.Resample == 3, Limits.MaxIntermediatePixels, name);
 
     /// <summary>
     /// Preprocesses one image. The image is not modified. DeepSeek-VL hybrid's result carries the high-resolution input
@@ -247,6 +286,7 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
     public PixelValues Preprocess(RgbImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
+        CheckShape(image);
         if (_highRes is null)
         {
             return PreprocessOne(image);
@@ -256,7 +296,7 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         // input from that padded square (not from the original), each normalised with its own mean and std.
         var (square, side, _) = _highRes.Geometry(image);
         var high = _highRes.Normalize(square, side, side);
-        return PreprocessOne(new RgbImage(side, side, square)) with { HighRes = high };
+        return PreprocessOne(new RgbImage(side, side, square) { SourceName = image.SourceName }) with { HighRes = high };
     }
 
     private PixelValues PreprocessOne(RgbImage image)
@@ -269,6 +309,15 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
     private (byte[] Rgb, int Width, int Height) Geometry(RgbImage image)
     {
         int width = image.Width, height = image.Height;
+        var name = image.DisplayName;
+        if (Config.PadToSquare && (long)Math.Max(width, height) * Math.Max(width, height) > Limits.MaxIntermediatePixels)
+        {
+            // The padded square of a very wide or tall image would be huge; shrink the image first (a resize in two steps,
+            // which only images past the limit take, so ordinary photos keep transformers' exact pixels).
+            image = Shrink(image, (int)Math.Sqrt(Limits.MaxIntermediatePixels));
+            (width, height) = (image.Width, image.Height);
+        }
+
         // Transparency is dropped, not composited: transformers 5's convert_rgb keeps the stored colour values.
         var rgb = Config.PadToSquare ? PadToSquare(image, out width, out height) : image.Rgb.ToArray();
 
@@ -278,13 +327,13 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
             var delta = longest / (double)Math.Max(height, width);
             var newH = Math.Max((int)Math.Round(height * delta, MidpointRounding.ToEven), Config.MinSize);
             var newW = Math.Max((int)Math.Round(width * delta, MidpointRounding.ToEven), Config.MinSize);
-            var resized = AntialiasResampler.Resize(rgb, width, height, newW, newH, bicubic: Config.Resample == 3);
+            var resized = Resize(rgb, width, height, newW, newH, name);
             rgb = PadToSquare(new RgbImage(newW, newH, resized), out width, out height);
         }
         else if (Config.DoResize)
         {
             var (newH, newW) = Config.ResizeTo ?? OutputSize(height, width, Config.ShortestEdge!.Value);
-            rgb = AntialiasResampler.Resize(rgb, width, height, newW, newH, bicubic: Config.Resample == 3);
+            rgb = Resize(rgb, width, height, newW, newH, name);
             (width, height) = (newW, newH);
         }
 
@@ -331,6 +380,15 @@ public sealed class ClipImageProcessor(ImageProcessorConfig config)
         var (shortSide, longSide) = width <= height ? (width, height) : (height, width);
         var newLong = (int)((long)shortestEdge * longSide / shortSide);
         return width <= height ? (newLong, shortestEdge) : (shortestEdge, newLong);
+    }
+
+    /// <summary>The image resized (aspect kept, alpha dropped) so that its longer side is at most <paramref name="maxSide"/>.</summary>
+    private RgbImage Shrink(RgbImage image, int maxSide)
+    {
+        var scale = maxSide / (double)Math.Max(image.Width, image.Height);
+        var w = Math.Clamp((int)Math.Round(image.Width * scale), 1, maxSide);
+        var h = Math.Clamp((int)Math.Round(image.Height * scale), 1, maxSide);
+        return new RgbImage(w, h, Resize(image.Rgb.ToArray(), image.Width, image.Height, w, h, image.DisplayName)) { SourceName = image.SourceName };
     }
 
     /// <summary>LLaVA-1.5's expand2square: centre the image on a square filled with the mean colour (alpha dropped).</summary>

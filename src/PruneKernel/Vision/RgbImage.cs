@@ -45,39 +45,64 @@ public sealed class RgbImage
 
     /// <summary>One alpha byte per pixel, or null for opaque images.</summary>
     public ReadOnlyMemory<byte>? Alpha { get; }
+
+    /// <summary>Where the image came from (a path or a content name), for error messages; null if unknown.</summary>
+    public string? SourceName { get; init; }
+
+    /// <summary>The image's name in error messages.</summary>
+    internal string DisplayName => SourceName ?? $"image {Width}x{Height}";
 }
 
-/// <summary>Decodes PNG, JPEG, WebP, GIF and BMP bytes through SkiaSharp.</summary>
+/// <summary>
+/// Decodes PNG, JPEG, WebP, GIF and BMP bytes through SkiaSharp, within <see cref="ImageLimits"/>: the header's size is
+/// checked before any pixel memory is allocated, large JPEG/WebP images are decoded at reduced size, and truncated
+/// files are refused unless allowed.
+/// </summary>
 public static class ImageDecoder
 {
-    /// <summary>Reads and decodes an image file.</summary>
-    /// <exception cref="ImageDecodeException">The file is missing, unreadable or not a decodable image.</exception>
-    public static RgbImage Load(string path)
+    /// <summary>Reads and decodes an image file (a regular file of at most <see cref="ImageLimits.MaxBytes"/>).</summary>
+    /// <exception cref="ImageDecodeException">
+    /// The file is missing, unreadable, not a regular file (a device, FIFO, /proc entry), too large, not a decodable image,
+    /// or over a limit.
+    /// </exception>
+    public static RgbImage Load(string path, ImageLimits? limits = null)
     {
+        limits ??= ImageLimits.Default;
+        limits.Validate();
         byte[] bytes;
         try
         {
-            bytes = File.ReadAllBytes(path);
+            bytes = BoundedFile.ReadAllBytes(path, limits.MaxBytes);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
             throw new ImageDecodeException($"{path}: cannot read the image ({e.Message}).", e);
         }
 
-        return Decode(bytes, path);
+        return Decode(bytes, path, limits);
     }
 
     /// <summary>Decodes image bytes; <paramref name="sourceName"/> names them in errors. The bytes are not modified.</summary>
-    /// <exception cref="ImageDecodeException">The bytes are empty, of an unknown format, corrupt, or decode to no pixels.</exception>
-    /// <exception cref="NativeDependencyException">SkiaSharp's native library cannot be loaded.</exception>
-    public static RgbImage Decode(ReadOnlySpan<byte> bytes, string sourceName)
+    /// <exception cref="ImageDecodeException">
+    /// The bytes are empty, of an unknown format, corrupt, truncated (unless <see cref="ImageLimits.AllowTruncated"/>),
+    /// decode to no pixels, or exceed a limit; the message names the image and the limit.
+    /// </exception>
+    public static RgbImage Decode(ReadOnlySpan<byte> bytes, string sourceName, ImageLimits? limits = null)
     {
+        limits ??= ImageLimits.Default;
+        limits.Validate();
         if (bytes.IsEmpty)
         {
             throw new ImageDecodeException($"{sourceName}: no image data (0 bytes).");
         }
 
         NativeDependencies.EnsureSkia();
+
+        if (bytes.Length > limits.MaxBytes)
+        {
+            throw new ImageDecodeException($"{sourceName}: {bytes.Length} bytes, over the {limits.MaxBytes}-byte image limit (ImageLimits.MaxBytes).");
+        }
+
         using var data = SKData.CreateCopy(bytes);
         using var codec = SKCodec.Create(data);
         if (codec is null)
@@ -91,8 +116,10 @@ public static class ImageDecoder
             throw new ImageDecodeException($"{sourceName}: the image has no pixels ({size.Width}x{size.Height}).");
         }
 
+        var (width, height) = DecodeSize(codec, sourceName, limits);
+
         // Unpremultiplied and without colour-space conversion: the raw stored values, as Pillow reads them.
-        var info = new SKImageInfo(size.Width, size.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
+        var info = new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
         var rgba = new byte[info.BytesSize];
         SKCodecResult result;
         unsafe
@@ -103,12 +130,19 @@ public static class ImageDecoder
             }
         }
 
-        if (result is not (SKCodecResult.Success or SKCodecResult.IncompleteInput))
+        if ((result is SKCodecResult.IncompleteInput or SKCodecResult.ErrorInInput) && !limits.AllowTruncated)
+        {
+            throw new ImageDecodeException(
+                $"{sourceName}: the {codec.EncodedFormat} data is {(result == SKCodecResult.IncompleteInput ? "truncated" : "corrupt")} ({bytes.Length} bytes); "
+                + "decoding it would leave blank rows (set ImageLimits.AllowTruncated to accept such files).");
+        }
+
+        if (result is not (SKCodecResult.Success or SKCodecResult.IncompleteInput or SKCodecResult.ErrorInInput))
         {
             throw new ImageDecodeException($"{sourceName}: decoding failed ({result}).");
         }
 
-        var pixels = size.Width * size.Height;
+        var pixels = width * height;
         var rgb = new byte[pixels * 3];
         var alpha = new byte[pixels];
         var opaque = true;
@@ -122,7 +156,50 @@ public static class ImageDecoder
         }
 
         // Codecs report "maybe transparent" for most formats; keep alpha only when a pixel actually uses it.
-        return new RgbImage(size.Width, size.Height, rgb, opaque ? null : alpha);
+        return new RgbImage(width, height, rgb, opaque ? null : alpha) { SourceName = sourceName };
+    }
+
+    /// <summary>
+    /// The size to decode at: the header's, or for images over <see cref="ImageLimits.MaxPixels"/> the largest size under it
+    /// that the codec can decode to directly (so memory stays bounded by the output, not the source).
+    /// </summary>
+    private static (int Width, int Height) DecodeSize(SKCodec codec, string name, ImageLimits limits)
+    {
+        var (w, h) = (codec.Info.Width, codec.Info.Height);
+        long source = (long)w * h;
+        var aspect = ImageLimits.AspectRatio(w, h);
+        if (aspect > limits.MaxAspectRatio)
+        {
+            throw new ImageDecodeException(
+                $"{name}: {w}x{h} has an aspect ratio of {aspect:0.#}:1, over the {limits.MaxAspectRatio:0.#}:1 limit (ImageLimits.MaxAspectRatio).");
+        }
+
+        if (source > limits.MaxSourcePixels)
+        {
+            throw new ImageDecodeException(
+                $"{name}: the header claims {w}x{h} = {source} pixels, over the {limits.MaxSourcePixels}-pixel limit (ImageLimits.MaxSourcePixels).");
+        }
+
+        if (source <= limits.MaxPixels)
+        {
+            return (w, h);
+        }
+
+        // Ask for the scale that meets the limit; JPEG rounds down to 1/2, 1/4 or 1/8, WebP scales freely (a rounding may overshoot: shrink a bit).
+        var scale = (float)Math.Sqrt(limits.MaxPixels / (double)source);
+        for (var attempt = 0; attempt < 4; attempt++, scale *= 0.995f)
+        {
+            var scaled = codec.GetScaledDimensions(scale);
+            if (scaled.Width > 0 && scaled.Height > 0 && scaled.Width <= w && scaled.Height <= h
+                && (long)scaled.Width * scaled.Height <= limits.MaxPixels)
+            {
+                return (scaled.Width, scaled.Height);
+            }
+        }
+
+        throw new ImageDecodeException(
+            $"{name}: {w}x{h} = {source} pixels is over the {limits.MaxPixels}-pixel limit (ImageLimits.MaxPixels), and {codec.EncodedFormat} "
+            + "cannot be decoded at a reduced size that fits it; downscale the image or raise the limit.");
     }
 
     /// <summary>The media type the leading bytes announce (image/png, image/jpeg, image/webp, image/gif, image/bmp), or null.</summary>

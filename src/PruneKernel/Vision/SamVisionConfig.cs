@@ -68,20 +68,21 @@ public sealed record SamVisionConfig
             throw new ModelConfigException($"{source}: high-resolution model_type '{type}' is not supported (supported: sam_vision_model).");
         }
 
-        var hidden = r.Positive("hidden_size", 768);
+        var hidden = r.Positive("hidden_size", 768, VisionConfig.MaxHidden);
+        var mlpRatio = r.Double("mlp_ratio", 4.0);
         var config = new SamVisionConfig
         {
             HiddenSize = hidden,
-            OutputChannels = r.Positive("output_channels", 256),
-            NumHiddenLayers = r.Positive("num_hidden_layers", 12),
-            NumAttentionHeads = r.Positive("num_attention_heads", 12),
+            OutputChannels = r.Positive("output_channels", 256, VisionConfig.MaxHidden),
+            NumHiddenLayers = r.Positive("num_hidden_layers", 12, VisionConfig.MaxLayers),
+            NumAttentionHeads = r.Positive("num_attention_heads", 12, VisionConfig.MaxHeads),
             NumChannels = r.Positive("num_channels", 3),
-            ImageSize = r.Positive("image_size", 1024),
-            PatchSize = r.Positive("patch_size", 16),
+            ImageSize = r.Positive("image_size", 1024, VisionConfig.MaxImageSize),
+            PatchSize = r.Positive("patch_size", 16, VisionConfig.MaxImageSize),
             HiddenAct = r.String("hidden_act", "gelu"),
             LayerNormEps = r.Double("layer_norm_eps", 1e-6),
             QkvBias = r.Bool("qkv_bias", true),
-            MlpDim = r.OptionalInt("mlp_dim") ?? (int)(hidden * r.Double("mlp_ratio", 4.0)),
+            MlpDim = r.OptionalInt("mlp_dim") ?? (mlpRatio is > 0 and <= 64 ? (int)(hidden * mlpRatio) : throw new ModelConfigException($"{source}: 'mlp_ratio' must be in (0, 64] (found {mlpRatio}).")),
             UseAbsPos = r.Bool("use_abs_pos", true),
             UseRelPos = r.Bool("use_rel_pos", true),
             WindowSize = r.Int("window_size", 14),
@@ -92,6 +93,21 @@ public sealed record SamVisionConfig
         {
             throw new ModelConfigException(
                 $"{source}: hidden_size {config.HiddenSize} must divide by the heads and image_size {config.ImageSize} by patch_size {config.PatchSize}.");
+        }
+
+        if (config.MlpDim is <= 0 or > VisionConfig.MaxIntermediate)
+        {
+            throw ConfigReader.Ceiling(source, "mlp_dim", config.MlpDim, VisionConfig.MaxIntermediate);
+        }
+
+        if (config.NumChannels != 3)
+        {
+            throw new ModelConfigException($"{source}: num_channels {config.NumChannels} is not supported (images are preprocessed to 3 channels).");
+        }
+
+        if (config.WindowSize > config.ImageSize / config.PatchSize)
+        {
+            throw new ModelConfigException($"{source}: window_size {config.WindowSize} is larger than the {config.ImageSize / config.PatchSize}-patch grid.");
         }
 
         if (config.WindowSize < 0 || config.GlobalAttentionIndexes.Count == 0

@@ -39,6 +39,14 @@ public sealed record VisionConfig
     /// <summary>Whether the tower has a class token (CLIP) or only patch tokens (SigLIP).</summary>
     public bool HasClassToken => ModelType == "clip_vision_model";
 
+    // Sane ceilings, far above any released CLIP/SigLIP tower (ViT-bigG: width 1664, 48 layers, 16 heads, 8192 MLP).
+    internal const int MaxHidden = 16_384;
+    internal const int MaxIntermediate = 65_536;
+    internal const int MaxLayers = 256;
+    internal const int MaxHeads = 256;
+    internal const int MaxImageSize = 4_096;
+    internal const int MaxPatches = 65_536;
+
     /// <summary>Builds a vision configuration from its JSON object (null: LLaVA-1.5's CLIP ViT-L/14-336).</summary>
     public static VisionConfig Parse(JsonObject? json, string source)
     {
@@ -55,12 +63,12 @@ public sealed record VisionConfig
         var absent = json is null;
         var config = new VisionConfig
         {
-            HiddenSize = r.Positive("hidden_size", absent ? 1024 : 768),
-            IntermediateSize = r.Positive("intermediate_size", absent ? 4096 : 3072),
-            NumHiddenLayers = r.Positive("num_hidden_layers", absent ? 24 : 12),
-            NumAttentionHeads = r.Positive("num_attention_heads", absent ? 16 : 12),
-            ImageSize = r.Positive("image_size", absent ? 336 : 224),
-            PatchSize = r.Positive("patch_size", absent ? 14 : 32),
+            HiddenSize = r.Positive("hidden_size", absent ? 1024 : 768, MaxHidden),
+            IntermediateSize = r.Positive("intermediate_size", absent ? 4096 : 3072, MaxIntermediate),
+            NumHiddenLayers = r.Positive("num_hidden_layers", absent ? 24 : 12, MaxLayers),
+            NumAttentionHeads = r.Positive("num_attention_heads", absent ? 16 : 12, MaxHeads),
+            ImageSize = r.Positive("image_size", absent ? 336 : 224, MaxImageSize),
+            PatchSize = r.Positive("patch_size", absent ? 14 : 32, MaxImageSize),
             NumChannels = r.Positive("num_channels", 3),
             LayerNormEps = r.Double("layer_norm_eps", siglip ? 1e-6 : 1e-5),
             HiddenAct = r.String("hidden_act", siglip ? "gelu_pytorch_tanh" : "quick_gelu"),
@@ -71,6 +79,17 @@ public sealed record VisionConfig
         {
             throw new ModelConfigException(
                 $"{source}: hidden_size {config.HiddenSize} must divide by the heads and image_size {config.ImageSize} by patch_size {config.PatchSize}.");
+        }
+
+        if (config.NumChannels != 3)
+        {
+            throw new ModelConfigException($"{source}: num_channels {config.NumChannels} is not supported (images are preprocessed to 3 channels).");
+        }
+
+        var patches = (long)(config.ImageSize / config.PatchSize) * (config.ImageSize / config.PatchSize);
+        if (patches > MaxPatches)
+        {
+            throw ConfigReader.Ceiling(source, "(image_size / patch_size)^2", patches, MaxPatches);
         }
 
         return config;

@@ -143,6 +143,8 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         var fromFile = await Client.GetResponseAsync([file], new ChatOptions { MaxOutputTokens = 5 });
         var fromBytes = await Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 5 });
         Assert.Equal(fromBytes.Text, fromFile.Text);
+        using var noFolders = new LvlmChatClient(_shared.Model);
+        await Assert.ThrowsAsync<UnsupportedContentException>(() => noFolders.GetResponseAsync([file]));
         var remote = new ChatMessage(ChatRole.User, [new UriContent(new Uri("https://example.invalid/cat.png"), "image/png"), new TextContent("Hi")]);
         var e = await Assert.ThrowsAsync<UnsupportedContentException>(() => Client.GetResponseAsync([remote]));
         Assert.Contains("remote images are disabled", e.Message, StringComparison.Ordinal);
@@ -312,7 +314,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         {
             // The GPU run sets PRUNEKERNEL_TEST_DEVICE=cuda; CI uses the CPU.
             Model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"), new LvlmLoadOptions { Device = Environment.GetEnvironmentVariable("PRUNEKERNEL_TEST_DEVICE") ?? "cpu" });
-            Client = new LvlmChatClient(Model);
+            Client = new LvlmChatClient(Model, new LvlmChatClientOptions { AllowedImageFolders = [Fixtures.Path("images")] });
         }
 
         public Lvlm Model { get; }

@@ -160,6 +160,20 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
             ["maxTokens"] = 6,
         });
         Assert.Equal(0, base64.GetValue<ImageAnswer>()!.PrunedTokens);
+
+        // A path the model asks for outside the allowed folders is refused by the chat client, existing or not.
+        var outside = await Record.ExceptionAsync(() => _shared.Kernel.InvokeAsync(PruneKernelPlugin.DefaultName, "ask_about_image", new KernelArguments
+        {
+            ["question"] = "What is shown?",
+            ["image"] = "/etc/passwd",
+        }));
+        var missing = await Record.ExceptionAsync(() => _shared.Kernel.InvokeAsync(PruneKernelPlugin.DefaultName, "ask_about_image", new KernelArguments
+        {
+            ["question"] = "What is shown?",
+            ["image"] = "/etc/no-such-file",
+        }));
+        Assert.IsType<UnsupportedContentException>(outside);
+        Assert.Equal(outside.Message.Replace("passwd", "X", StringComparison.Ordinal), missing!.Message.Replace("no-such-file", "X", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -271,7 +285,7 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
             Model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
             Client = new LvlmChatClient(Model);
             var builder = Kernel.CreateBuilder();
-            builder.AddPruneKernelChatCompletion(Model);
+            builder.AddPruneKernelChatCompletion(Model, new LvlmChatClientOptions { AllowedImageFolders = [Fixtures.Path("images")] });
             builder.Plugins.AddPruneKernelPlugin();
             Kernel = builder.Build();
         }

@@ -117,7 +117,7 @@ public sealed record LlavaConfig
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+            root = JsonFiles.Parse(path) as JsonObject
                 ?? throw new ModelConfigException($"{path}: the top level is not a JSON object.");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException)
@@ -176,6 +176,11 @@ public sealed record LlavaConfig
             throw new ModelConfigException($"{source}: {layersKey} is empty.");
         }
 
+        if (layers.Length > 64)
+        {
+            throw ConfigReader.Ceiling(source, layersKey + " (count)", layers.Length, 64);
+        }
+
         foreach (var layer in layers)
         {
             if (layer < -(vision.NumHiddenLayers + 1) || layer > vision.NumHiddenLayers)
@@ -203,17 +208,28 @@ public sealed record LlavaConfig
 
         var act = r.String("projector_hidden_act", "gelu");
         _ = Activations.Resolve(act, source + " projector_hidden_act");
+        // Placeholder ids index the embedding matrix (the prompt's ids are replaced by image features only after lookup).
+        var imageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? (deepseek ? 100015 : 32000);
+        int? videoTokenId = video ? r.OptionalInt("video_token_id") ?? r.OptionalInt("video_token_index") ?? 32001 : null;
+        foreach (var (key, id) in new[] { ("image_token_id", (int?)imageTokenId), ("video_token_id", videoTokenId) })
+        {
+            if (id is int value && (value < 0 || value >= text.VocabSize))
+            {
+                throw new ModelConfigException($"{source}: '{key}' {value} is outside the text model's vocabulary of {text.VocabSize}.");
+            }
+        }
+
         return new LlavaConfig
         {
             ModelType = modelType,
-            ImageTokenId = r.OptionalInt("image_token_id") ?? r.OptionalInt("image_token_index") ?? (deepseek ? 100015 : 32000),
+            ImageTokenId = imageTokenId,
             VisionFeaturesAfterPostLayerNorm = deepseek,
             HighResVision = highRes,
             ProjectorHiddenAct = act,
             ProjectorBias = vip || r.Bool("multimodal_projector_bias", true),
             ProjectorLayerNormEps = vip ? r.Double("projector_layernorm_eps", 1e-5) : null,
             ImageGridPinpoints = pinpoints,
-            VideoTokenId = video ? r.OptionalInt("video_token_id") ?? r.OptionalInt("video_token_index") ?? 32001 : null,
+            VideoTokenId = videoTokenId,
             SpatialPoolMode = poolMode,
             SpatialPoolStride = poolStride,
             VisionFeatureSelectStrategy = strategy,
@@ -226,11 +242,20 @@ public sealed record LlavaConfig
         };
     }
 
+    // LLaVA-NeXT checkpoints list 5 to 50 resolutions of at most 6 x 6 tiles.
+    private const int MaxGridPinpoints = 1_024;
+    private const int MaxGridTiles = 144;
+
     private static (int Height, int Width)[] GridPinpoints(JsonObject root, VisionConfig vision, string source)
     {
         if (root["image_grid_pinpoints"] is not JsonArray list || list.Count == 0)
         {
             throw new ModelConfigException($"{source}: image_grid_pinpoints must be a non-empty list of [height, width] pairs.");
+        }
+
+        if (list.Count > MaxGridPinpoints)
+        {
+            throw ConfigReader.Ceiling(source, "image_grid_pinpoints (count)", list.Count, MaxGridPinpoints);
         }
 
         return list.Select((node, i) =>
@@ -244,6 +269,13 @@ public sealed record LlavaConfig
             if (h <= 0 || w <= 0 || h % vision.ImageSize != 0 || w % vision.ImageSize != 0)
             {
                 throw new ModelConfigException($"{source}: image_grid_pinpoints[{i}] = [{h}, {w}] is not a positive multiple of the vision tower's {vision.ImageSize}-pixel tiles.");
+            }
+
+            // Each tile is a vision-tower pass and its share of image tokens; the grid is one preprocessing intermediate.
+            var tiles = (long)(h / vision.ImageSize) * (w / vision.ImageSize);
+            if (tiles > MaxGridTiles)
+            {
+                throw ConfigReader.Ceiling(source, $"image_grid_pinpoints[{i}] tiles", tiles, MaxGridTiles);
             }
 
             return (h, w);
