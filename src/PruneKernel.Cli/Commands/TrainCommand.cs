@@ -16,8 +16,8 @@ internal static class TrainCommand
         var data = new Option<FileInfo?>("--data") { Description = "Training rows (benchmark JSONL); required unless --accuracy-only." };
         var evalData = new Option<FileInfo?>("--eval-data") { Description = "Held-out rows: loss during training, greedy accuracy at the end." };
         var output = new Option<DirectoryInfo>("--out") { Description = "Model folder to write.", Required = true };
-        var preset = new Option<string>("--preset") { Description = "demo, deep or tiny.", DefaultValueFactory = _ => "demo" };
-        preset.AcceptOnlyFromAmong("demo", "deep", "tiny");
+        var preset = new Option<string>("--preset") { Description = "demo, deep, deep16 or tiny.", DefaultValueFactory = _ => "demo" };
+        preset.AcceptOnlyFromAmong("demo", "deep", "deep16", "tiny");
         var steps = new Option<int?>("--steps") { Description = "Optimiser steps (the schedule's length; for a resumable run, over all its calls)." };
         var minutes = new Option<double?>("--minutes") { Description = "Wall-clock budget of the loop: a plain run fits its schedule to it; a resumable run stops this call and saves." };
         var resume = new Option<DirectoryInfo?>("--resume") { Description = "Continue the run saved in this checkpoint folder (same preset, settings, --steps and data as its first call)." };

@@ -367,6 +367,34 @@ public sealed class TrainingCheckpointTests(TrainingCheckpointTests.Uninterrupte
         Assert.DoesNotContain("stopped at", stdout, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void TheDeep16PresetsCheckpointFitsTheTransferLimitsOfADeviceCall()
+    {
+        // The size the model card and tools/train_resumable.sh plan with, from the real trainer's state.
+        var folder = Path.Combine(_dir, "deep16");
+        HuggingFaceFolder.WriteFiles(folder, LlavaModelSpec.Deep16, Fixtures.Model("llava-tiny-f32"), "bfloat16");
+        var config = PruneKernel.Models.Llava.LlavaConfig.Load(folder);
+        Assert.Equal((16, 64), (config.Text.NumHiddenLayers, config.Text.HiddenSize));
+        using var trainer = new LlavaTrainer(config, new TrainingOptions(), PruneKernel.Runtime.TorchRuntime.ResolveDevice("cpu"));
+        Assert.Equal(3_457_024, trainer.Trainable.Concat(trainer.Untrained).Sum(t => t.Leaf.NumberOfElements));
+        long Bytes(TorchSharp.torch.ScalarType moments)
+        {
+            var (tensors, _) = trainer.CheckpointState(moments);
+            var path = Path.Combine(_dir, $"state-{moments}.safetensors");
+            SafetensorsWriter.Write(path, tensors);
+            foreach (var t in tensors.Values)
+            {
+                t.Dispose();
+            }
+
+            return new FileInfo(path).Length;
+        }
+
+        // 12 bytes a parameter (8 with bfloat16 moments) plus a 66 KB header: 41.5 MB, three parts of 15 MiB (27.7 MB, two).
+        Assert.InRange(Bytes(TorchSharp.torch.ScalarType.Float32), 41_482_752, 41_600_000);
+        Assert.InRange(Bytes(TorchSharp.torch.ScalarType.BFloat16), 27_655_424, 27_740_000);
+    }
+
     private sealed class SyncProgress(Action<TrainingProgress> action) : IProgress<TrainingProgress>
     {
         public void Report(TrainingProgress value) => action(value);
