@@ -26,7 +26,7 @@
 # Settings (environment; defaults in brackets):
 #   PRESET [deep16]  STEPS [15000] (the schedule over all calls)  BATCH [64]  LR [1.5e-3]  WARMUP [300]  SEED [0]
 #   CONTEXT_LOSS [1.0]  CONTEXT_AVERAGE [Tokens]  CKPT_MOMENTS [f32]  CKPT_MINUTES [2] (saves during the call too)
-#   data: TRAIN_SCENES [10000] at groups 150,250,500 with SHORT_DRILLS [0] drills per row; LONG_SCENES [1200] at
+#   data: TRAIN_SCENES [20000] at groups 150,250,500 with SHORT_DRILLS [0] drills per row; LONG_SCENES [1200] at
 #   1,000 tokens with LONG_DRILLS [0]; held-out TEST_SCENES [150] at 500..2,500 x image,white (seed 13, as the
 #   committed model's); DEVICE [cuda]; BUDGET_S [585] seconds for the whole call; RESERVE_S [150]: corpus loading (~60 s), the final
 #   accuracy pass (<= 60 s, only on the last call) and packing.
@@ -70,13 +70,20 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
 # The same seeds every call: the generator writes byte-identical files for the same options (docs/dataset.md), and the
 # trainer checks the training file's SHA-256 and its tokenised rows against the checkpoint.
-build() { # split scenes groups variants seed cues drills
-  pk dataset build --scenes "$2" --groups "$3" --variants "$4" --split "$1" --seed "$5" --misleading-rate "$6" --drill-turns "$7" \
-    --model "$tok" --out "$W/data" > "$W/build-$1.txt" 2>&1 || { grep -v "^ *at " "$W/build-$1.txt" | tail -5; exit 1; }
+# A build that cannot fit some scene's context to a group fails as a whole; the next seed gets other scenes (the same
+# seed fails or succeeds alike in every call, so every call ends with the same files).
+build() { # split scenes groups variants cues drills seed...
+  local split=$1 scenes=$2 groups=$3 variants=$4 cues=$5 drills=$6; shift 6
+  for seed in "$@"; do
+    if pk dataset build --scenes "$scenes" --groups "$groups" --variants "$variants" --split "$split" --seed "$seed" --misleading-rate "$cues" \
+        --drill-turns "$drills" --model "$tok" --out "$W/data" > "$W/build-$split.txt" 2>&1; then return 0; fi
+    echo "build $split seed $seed failed: $(grep -m1 -o 'could not[^)]*' "$W/build-$split.txt")"
+  done
+  exit 1
 }
-build train "${TRAIN_SCENES:-10000}" 150,250,500 image 11 0 "${SHORT_DRILLS:-0}"
-build train1k "${LONG_SCENES:-1200}" 1000 image 12 0 "${LONG_DRILLS:-0}"
-build test "${TEST_SCENES:-150}" 500,1000,1500,2000,2500 image,white 13 0.3 0
+build train "${TRAIN_SCENES:-20000}" 150,250,500 image 0 "${SHORT_DRILLS:-0}" 11 21 31
+build train1k "${LONG_SCENES:-1200}" 1000 image 0 "${LONG_DRILLS:-0}" 12 22 32
+build test "${TEST_SCENES:-150}" 500,1000,1500,2000,2500 image,white 0.3 0 13 23 33
 cat "$W/data/train.jsonl" "$W/data/train1k.jsonl" > "$W/data/trainall.jsonl"
 
 resume=()
