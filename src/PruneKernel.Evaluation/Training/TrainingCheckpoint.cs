@@ -157,26 +157,8 @@ internal sealed class TrainingCheckpoint
             throw new TrainingCheckpointException(manifestPath, $"not valid JSON ({e.Message})", e);
         }
 
-        if ((string?)manifest["format"] != Format)
-        {
-            throw new TrainingCheckpointException(manifestPath, $"not a PruneKernel training checkpoint (format '{manifest["format"]}')");
-        }
-
-        if ((int?)manifest["version"] != Version)
-        {
-            throw new TrainingCheckpointException(manifestPath, $"checkpoint version {manifest["version"]}; this build reads version {Version}");
-        }
-
         var checkpoint = new TrainingCheckpoint(folder, manifest);
-        try
-        {
-            _ = (checkpoint.SaveIndex, checkpoint.Step, checkpoint.TotalSteps, checkpoint.Run.Count, checkpoint.SamplerEpoch, checkpoint.SamplerTaken,
-                checkpoint.AdamSteps.Count, checkpoint.Log);
-        }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException or ArgumentException)
-        {
-            throw new TrainingCheckpointException(manifestPath, $"a field is malformed ({e.Message})", e);
-        }
+        checkpoint.Validate(manifestPath);
 
         var state = checkpoint.StatePath;
         var recorded = manifest["files"]?[StateFile] as JsonObject
@@ -198,6 +180,44 @@ internal sealed class TrainingCheckpoint
         }
 
         return checkpoint;
+    }
+
+    /// <summary>Reads every field a resume uses once, so a malformed one fails here as a typed error, not later.</summary>
+    private void Validate(string manifestPath)
+    {
+        string? format;
+        int? version;
+        try
+        {
+            (format, version) = ((string?)Manifest["format"], (int?)Manifest["version"]);
+        }
+        catch (InvalidOperationException)
+        {
+            (format, version) = (null, null);
+        }
+
+        if (format != Format)
+        {
+            throw new TrainingCheckpointException(manifestPath, $"not a PruneKernel training checkpoint (format {Manifest["format"]?.ToJsonString() ?? "missing"})");
+        }
+
+        if (version != Version)
+        {
+            throw new TrainingCheckpointException(manifestPath, $"checkpoint version {Manifest["version"]?.ToJsonString() ?? "missing"}; this build reads version {Version}");
+        }
+
+        try
+        {
+            var log = Log;
+            var window = log["window"] as JsonObject ?? throw new InvalidOperationException("'log.window' is missing");
+            _ = (SaveIndex, Step, TotalSteps, Run.Count, SamplerEpoch, SamplerTaken, AdamSteps.Count,
+                log["records"]!.AsArray(), log["calls"]!.AsArray(), (long)log["train_tokens"]!, (double)log["train_seconds"]!,
+                (double)window["loss"]!, (int)window["steps"]!, (long)window["tokens"]!);
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException or ArgumentException)
+        {
+            throw new TrainingCheckpointException(manifestPath, $"a field is missing or malformed ({e.Message})", e);
+        }
     }
 
     private static string FindSave(string root)

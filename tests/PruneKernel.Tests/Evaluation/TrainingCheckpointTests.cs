@@ -294,6 +294,17 @@ public sealed class TrainingCheckpointTests(TrainingCheckpointTests.Uninterrupte
         File.WriteAllText(Path.Combine(noStep, saveName, TrainingCheckpoint.ManifestFile), manifest.ToJsonString());
         Assert.Contains("'step' is missing", Refused(noStep, TrainingCheckpoint.ManifestFile), StringComparison.Ordinal);
 
+        var noWindow = Copy();
+        manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(noWindow, saveName, TrainingCheckpoint.ManifestFile)))!.AsObject();
+        manifest["log"]!.AsObject().Remove("window");
+        File.WriteAllText(Path.Combine(noWindow, saveName, TrainingCheckpoint.ManifestFile), manifest.ToJsonString());
+        Assert.Contains("'log.window' is missing", Refused(noWindow, TrainingCheckpoint.ManifestFile), StringComparison.Ordinal);
+
+        var otherFormat = Copy();
+        manifest["format"] = 3;
+        File.WriteAllText(Path.Combine(otherFormat, saveName, TrainingCheckpoint.ManifestFile), manifest.ToJsonString());
+        Assert.Contains("not a PruneKernel training checkpoint (format 3)", Refused(otherFormat, TrainingCheckpoint.ManifestFile), StringComparison.Ordinal);
+
         var dangling = Copy();
         File.WriteAllText(Path.Combine(dangling, TrainingCheckpoint.LatestFile), "ckpt-00009-step-00000099\n");
         Assert.Contains("not there", Refused(dangling, TrainingCheckpoint.LatestFile), StringComparison.Ordinal);
