@@ -5,6 +5,8 @@
 # Builds the benchmark data (short contexts for training, a held-out test split of 500..2500-token contexts with image
 # and white variants), trains for what the budget leaves, writes runtime goldens and greedy accuracy, checks the saved
 # folder with transformers, and leaves tar files in $OUT.
+# One call only: the schedule fits this call's budget. For a run over several calls (resume from a carried checkpoint,
+# train, save, hand it back) see tools/train_resumable.sh.
 # The defaults reproduce models/demo-llava-tiny. The two experiments of its model card's "Tried and not adopted" ran
 #   PRESET=deep LR=1.5e-3 WARMUP=200 TRAIN_SCENES=20000 DRILLS=8 CONTEXT_AVERAGE=Turns RESERVE_S=240 BUDGET_S=580
 #   PRESET=demo TRAIN_SCENES=20000 DRILLS=8 WARMUP=200 CONTEXT_AVERAGE=Turns RESERVE_S=160 BUDGET_S=585

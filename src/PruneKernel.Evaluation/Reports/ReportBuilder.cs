@@ -9,10 +9,17 @@ namespace PruneKernel.Evaluation.Reports;
 
 /// <summary>Context of a report: what was evaluated, for the header.</summary>
 /// <param name="ModelName">Model folder name.</param>
-/// <param name="ModelFolder">Model folder.</param>
-/// <param name="DataPath">Benchmark file.</param>
+/// <param name="ModelFolder">Model folder (the report shows it as <see cref="ReportPaths.Display"/> does).</param>
+/// <param name="DataPath">Benchmark file (shown the same way).</param>
 /// <param name="Device">Device and dtype.</param>
-public sealed record ReportContext(string ModelName, string ModelFolder, string DataPath, string Device);
+public sealed record ReportContext(string ModelName, string ModelFolder, string DataPath, string Device)
+{
+    /// <summary>
+    /// The directory the report's paths are relative to; default the repository root of the current directory
+    /// (<see cref="ReportPaths.BaseFor"/>).
+    /// </summary>
+    public string? PathBase { get; init; }
+}
 
 /// <summary>
 /// Aggregates a run's per-row results into results.json (every number with its sample count and a 95 % Wilson interval,
@@ -64,8 +71,11 @@ public sealed partial class ReportBuilder
     {
         var plan = _run.Plan;
         _json["model"] = _context.ModelName;
-        _json["model_folder"] = _context.ModelFolder;
-        _json["data"] = _context.DataPath;
+        var pathBase = _context.PathBase ?? ReportPaths.BaseFor(Environment.CurrentDirectory);
+        var modelFolder = ReportPaths.Display(_context.ModelFolder, pathBase);
+        var dataPath = ReportPaths.Display(_context.DataPath, pathBase);
+        _json["model_folder"] = modelFolder;
+        _json["data"] = dataPath;
         _json["device"] = _context.Device;
         _json["rows"] = _run.Items.Count;
         _json["rows_by_variant"] = Obj(_run.Items.GroupBy(i => i.Variant).OrderBy(g => g.Key).Select(g => (g.Key, (JsonNode?)g.Count())));
@@ -78,7 +88,7 @@ public sealed partial class ReportBuilder
         })));
 
         _md.AppendLine(Inv, $"# Evaluation report: {_context.ModelName}").AppendLine();
-        _md.AppendLine(Inv, $"Model `{_context.ModelFolder}` on {_context.Device}; data `{_context.DataPath}`: {_run.Items.Count} rows "
+        _md.AppendLine(Inv, $"Model `{modelFolder}` on {_context.Device}; data `{dataPath}`: {_run.Items.Count} rows "
             + $"({string.Join(", ", _run.Items.GroupBy(i => i.Variant).OrderBy(g => g.Key).Select(g => $"{g.Count()} {g.Key}"))}). "
             + $"The model has {plan.DecoderLayers} decoder layers; the paper's setting (progressive, max pooling, n = {F(plan.Default.Rate)}, m = 10) "
             + $"{(plan.DefaultLayers < EvalPlan.PaperLayers ? I($"is clamped to m = {plan.DefaultLayers} here.") : "runs unchanged.")}").AppendLine();

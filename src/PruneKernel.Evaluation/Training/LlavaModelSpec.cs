@@ -90,6 +90,28 @@ public sealed record LlavaModelSpec
         PatchSize = 16,
     };
 
+    /// <summary>
+    /// A 16-layer demonstration model (3.46M parameters) for issue 17's setting: the paper's m = 10 pruning layers
+    /// leave 6 deep layers unpruned. Its decoder is narrow (width 64) so that a resumable checkpoint (float32 weights and
+    /// AdamW moments, 12 bytes a parameter: 41.5 MB) travels to and from a device call beside the repository; its
+    /// decoder has as many parameters as the demo's 4 layers of width 128, and the vision tower is the demo's. Not yet
+    /// trained (models/demo-llava-tiny/README.md, "Plan").
+    /// </summary>
+    public static LlavaModelSpec Deep16 { get; } = new()
+    {
+        Name = "deep16",
+        HiddenSize = 64,
+        IntermediateSize = 192,
+        Layers = 16,
+        Heads = 4,
+        VisionHiddenSize = 96,
+        VisionIntermediateSize = 384,
+        VisionLayers = 4,
+        VisionHeads = 4,
+        ImageSize = 224,
+        PatchSize = 16,
+    };
+
     /// <summary>A model small enough for CPU tests: 16 visual tokens of a 32-pixel image.</summary>
     public static LlavaModelSpec Tiny { get; } = new()
     {
@@ -106,14 +128,15 @@ public sealed record LlavaModelSpec
         PatchSize = 8,
     };
 
-    /// <summary>The preset called <paramref name="name"/> (demo, deep or tiny).</summary>
+    /// <summary>The preset called <paramref name="name"/> (demo, deep, deep16 or tiny).</summary>
     /// <exception cref="PruneKernelException">No preset has that name.</exception>
     public static LlavaModelSpec Preset(string name) => name.ToLowerInvariant() switch
     {
         "demo" => Demo,
         "deep" => Deep,
+        "deep16" => Deep16,
         "tiny" => Tiny,
-        _ => throw new PruneKernelException($"Unknown model preset '{name}' (known: demo, deep, tiny)."),
+        _ => throw new PruneKernelException($"Unknown model preset '{name}' (known: demo, deep, deep16, tiny)."),
     };
 
     /// <summary>config.json as transformers 5's LlavaConfig writes it.</summary>

@@ -1,3 +1,4 @@
+using PruneKernel.Checkpoints;
 using PruneKernel.Language;
 using PruneKernel.Models.Llava;
 using TorchSharp;
@@ -66,24 +67,24 @@ internal sealed class LlavaTrainer : IDisposable
 {
     private readonly TrainingOptions _options;
     private readonly TorchSharp.Modules.AdamW _optimizer;
-    private readonly List<Parameter> _decayed = [];
-    private readonly List<Parameter> _undecayed = [];
+    private readonly List<(string Name, Parameter Leaf)> _decayed = [];
+    private readonly List<(string Name, Parameter Leaf)> _undecayed = [];
 
     public LlavaTrainer(LlavaConfig config, TrainingOptions options, Device device)
     {
         _options = options;
         Model = new LlavaForConditionalGeneration(config, ScalarType.Float32, device);
         RandomWeights.Initialize(options.Seed, 0.02, Model);
-        Trainable = TrainableLeaves(Model);
+        (Trainable, Untrained) = TrainableLeaves(Model);
         foreach (var (name, leaf) in Trainable)
         {
             leaf.requires_grad_(true);
-            (leaf.dim() >= 2 && !name.Contains("position_embedding", StringComparison.Ordinal) ? _decayed : _undecayed).Add(leaf);
+            (leaf.dim() >= 2 && !name.Contains("position_embedding", StringComparison.Ordinal) ? _decayed : _undecayed).Add((name, leaf));
         }
 
         _optimizer = torch.optim.AdamW(
-            [new TorchSharp.Modules.AdamW.ParamGroup(_decayed, new TorchSharp.Modules.AdamW.Options { weight_decay = options.WeightDecay }),
-             new TorchSharp.Modules.AdamW.ParamGroup(_undecayed, new TorchSharp.Modules.AdamW.Options { weight_decay = 0 })],
+            [new TorchSharp.Modules.AdamW.ParamGroup([.. _decayed.Select(d => d.Leaf)], new TorchSharp.Modules.AdamW.Options { weight_decay = options.WeightDecay }),
+             new TorchSharp.Modules.AdamW.ParamGroup([.. _undecayed.Select(u => u.Leaf)], new TorchSharp.Modules.AdamW.Options { weight_decay = 0 })],
             lr: options.LearningRate, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: options.WeightDecay);
     }
 
@@ -97,10 +98,17 @@ internal sealed class LlavaTrainer : IDisposable
     /// </summary>
     public IReadOnlyList<(string Name, Parameter Leaf)> Trainable { get; }
 
-    private static List<(string, Parameter)> TrainableLeaves(LlavaForConditionalGeneration model)
+    /// <summary>
+    /// Parameters the model holds but the forward pass never reads and the optimiser never changes (the vision tower's
+    /// post_layernorm; lm_head when tied is left out altogether, since the logits use the embeddings).
+    /// </summary>
+    public IReadOnlyList<(string Name, Parameter Leaf)> Untrained { get; }
+
+    private static (List<(string, Parameter)> Trainable, List<(string, Parameter)> Untrained) TrainableLeaves(LlavaForConditionalGeneration model)
     {
         var views = new HashSet<string>(StringComparer.Ordinal);
         var leaves = new List<(string, Parameter)>();
+        var untrained = new List<(string, Parameter)>();
         for (var i = 0; i < model.language_model.layers.Count; i++)
         {
             var layer = model.language_model.layers[i];
@@ -122,15 +130,15 @@ internal sealed class LlavaTrainer : IDisposable
 
         foreach (var (name, parameter) in model.named_parameters())
         {
-            var unused = (name == "lm_head.weight" && model.Config.TieWordEmbeddings)
-                || name.StartsWith("vision_tower.vision_model.post_layernorm.", StringComparison.Ordinal);
-            if (!views.Contains(name) && !unused)
+            if (views.Contains(name) || (name == "lm_head.weight" && model.Config.TieWordEmbeddings))
             {
-                leaves.Add((name, parameter));
+                continue;
             }
+
+            (name.StartsWith("vision_tower.vision_model.post_layernorm.", StringComparison.Ordinal) ? untrained : leaves).Add((name, parameter));
         }
 
-        return leaves;
+        return (leaves, untrained);
     }
 
     /// <summary>Learning rate at <paramref name="step"/> (0-based) of <paramref name="totalSteps"/>: linear warmup, then cosine.</summary>
@@ -268,6 +276,102 @@ internal sealed class LlavaTrainer : IDisposable
 
         _optimizer.step();
         return loss.item<float>();
+    }
+
+    /// <summary>
+    /// The trainer's whole numerical state for a resumable checkpoint, as CPU tensors the caller disposes:
+    /// <c>param/NAME</c> for every trainable and untrained leaf (float32 master weights, exactly), <c>exp_avg/NAME</c> and
+    /// <c>exp_avg_sq/NAME</c> for AdamW's moments of each trainable leaf (in <paramref name="moments"/>: Float32 keeps them
+    /// exactly, BFloat16 halves their size at the cost of rounding), and AdamW's per-leaf step counts (its bias correction
+    /// depends on them).
+    /// </summary>
+    public (Dictionary<string, Tensor> Tensors, Dictionary<string, long> AdamSteps) CheckpointState(ScalarType moments)
+    {
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var steps = new Dictionary<string, long>(StringComparer.Ordinal);
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        // On the CPU these are views of the live tensors, not copies: the caller writes them before the next step.
+        foreach (var (name, leaf) in Trainable.Concat(Untrained))
+        {
+            tensors[ParamKey(name)] = leaf.detach().cpu();
+        }
+
+        foreach (var (name, state) in OptimizerStates())
+        {
+            tensors[ExpAvgKey(name)] = state.exp_avg.detach().to(moments).cpu();
+            tensors[ExpAvgSqKey(name)] = state.exp_avg_sq.detach().to(moments).cpu();
+            steps[name] = state.step;
+        }
+
+        foreach (var t in tensors.Values)
+        {
+            t.DetachFromDisposeScope();
+        }
+
+        return (tensors, steps);
+    }
+
+    /// <summary>
+    /// Overwrites the weights and AdamW's state with a checkpoint's (<see cref="CheckpointState"/>'s names). Every tensor
+    /// must be present with this model's shape; moments stored in bfloat16 are widened to float32.
+    /// </summary>
+    /// <exception cref="TrainingCheckpointException">A tensor or step count is missing or has another shape.</exception>
+    public void RestoreCheckpointState(SafetensorsFile file, IReadOnlyDictionary<string, long> adamSteps)
+    {
+        var stateFile = file.Path;
+        var expected = Trainable.Concat(Untrained).Select(t => ParamKey(t.Name))
+            .Concat(_decayed.Concat(_undecayed).SelectMany(t => new[] { ExpAvgKey(t.Name), ExpAvgSqKey(t.Name) })).ToHashSet(StringComparer.Ordinal);
+        if (file.Tensors.Keys.FirstOrDefault(k => k != TrainingCheckpoint.RngKey && !expected.Contains(k)) is { } extra)
+        {
+            throw new TrainingCheckpointException(stateFile, $"tensor '{extra}' belongs to no parameter of this model");
+        }
+
+        using var noGrad = torch.no_grad();
+        void Fill(string key, Tensor target, bool allowBFloat16)
+        {
+            using var scope = NewDisposeScope();
+            var source = file.Tensors.ContainsKey(key) ? file.ReadTensor(key) : throw new TrainingCheckpointException(stateFile, $"tensor '{key}' is missing");
+            if (!source.shape.SequenceEqual(target.shape) || !(source.dtype == ScalarType.Float32 || (allowBFloat16 && source.dtype == ScalarType.BFloat16)))
+            {
+                throw new TrainingCheckpointException(stateFile,
+                    $"tensor '{key}' is {source.dtype} [{string.Join(", ", source.shape)}], this model needs {target.dtype} [{string.Join(", ", target.shape)}]");
+            }
+
+            target.copy_(source);
+        }
+
+        foreach (var (name, leaf) in Trainable.Concat(Untrained))
+        {
+            Fill(ParamKey(name), leaf, allowBFloat16: false);
+        }
+
+        foreach (var (name, state) in OptimizerStates())
+        {
+            Fill(ExpAvgKey(name), state.exp_avg, allowBFloat16: true);
+            Fill(ExpAvgSqKey(name), state.exp_avg_sq, allowBFloat16: true);
+            state.step = adamSteps.TryGetValue(name, out var step) ? step
+                : throw new TrainingCheckpointException(stateFile, $"no AdamW step count for '{name}'");
+        }
+    }
+
+    internal static string ParamKey(string name) => "param/" + name;
+
+    internal static string ExpAvgKey(string name) => "exp_avg/" + name;
+
+    internal static string ExpAvgSqKey(string name) => "exp_avg_sq/" + name;
+
+    /// <summary>AdamW's per-parameter state by leaf name: its state list follows the parameter groups' order.</summary>
+    private IEnumerable<(string Name, TorchSharp.Modules.AdamW.State State)> OptimizerStates()
+    {
+        var states = _optimizer.state_dict().State;
+        var names = _decayed.Concat(_undecayed).Select(p => p.Name).ToList();
+        if (states.Count != names.Count)
+        {
+            throw new InvalidOperationException($"AdamW holds {states.Count} states for {names.Count} parameters.");
+        }
+
+        return names.Select((name, i) => (name, (TorchSharp.Modules.AdamW.State)states[i]));
     }
 
     /// <summary>

@@ -146,6 +146,21 @@ public sealed class EvaluatorTests : IDisposable
 
         var report = File.ReadAllText(Path.Combine(output, ReportBuilder.MarkdownFile));
         Assert.Contains("Fig. 1 / table 1", report, StringComparison.Ordinal);
+
+        // No absolute path of this machine: the data file lies outside the repository (a temporary folder), so only its
+        // name is shown; the fixture model is named relative to the repository root (or by its folder name when the
+        // tests run outside a checkout).
+        Assert.Equal("bench.jsonl", (string)json["data"]!);
+        var modelFolder = (string)json["model_folder"]!;
+        Assert.False(Path.IsPathRooted(modelFolder), modelFolder);
+        Assert.EndsWith("llava-tiny-f32", modelFolder, StringComparison.Ordinal);
+        Assert.Contains($"Model `{modelFolder}` on cpu f32; data `bench.jsonl`", report, StringComparison.Ordinal);
+        foreach (var text in new[] { report, json.ToJsonString() })
+        {
+            Assert.DoesNotContain(_dir, text, StringComparison.Ordinal);
+            Assert.DoesNotContain(Fixtures.Root, text, StringComparison.Ordinal);
+        }
+
         Assert.Contains("(n = 3)", report, StringComparison.Ordinal);
         Assert.Contains("clamped to m = 3", report, StringComparison.Ordinal);
         Assert.Contains("LengthDependentRate(", report, StringComparison.Ordinal);
