@@ -10,7 +10,7 @@ set -uo pipefail
 out=${1:?usage: engine_device_run.sh OUT_DIR}
 raw="$out/raw"; mkdir -p "$raw"
 deadline=${DEADLINE_S:-570}
-stages=${STAGES:-"probe bench hf conc-off turns quant conc-progressive quant8 quant13 parity"}
+stages=${STAGES:-"probe bench hf conc-off conc-progressive turns quant quant8 quant13 parity"}
 finish() { tar -czf "$out/engine.tar.gz" -C "$out" raw; }
 trap finish EXIT
 left() { [ "$SECONDS" -lt "$deadline" ] || { echo "skipped (deadline): $*" >> "$raw/skipped.log"; return 1; }; }
@@ -23,11 +23,13 @@ if has probe; then
   pk bench --shape tiny --device cuda --dtype bf16 --text-tokens 256 --pruning off progressive --decode-tokens 16 --iterations 2 --warmup 1 \
     --output "$raw/pk-tiny.json" > "$raw/pk-tiny.log" 2>&1
   # A capture that failed or crashed must not cost the rest of the call: measure eagerly then (the records say so).
-  grep -q '"cuda_graphs": "on"' "$raw/pk-tiny.json" 2>/dev/null || { echo "graphs off for this call" >> "$raw/skipped.log"; export PRUNEKERNEL_CUDA_GRAPHS=0; }
+  grep -q '"cuda_graphs":"on"' "$raw/pk-tiny.log" 2>/dev/null || { echo "graphs off for this call" >> "$raw/skipped.log"; export PRUNEKERNEL_CUDA_GRAPHS=0; }
 fi
 if has bench; then
   pk "${b7[@]}" --text-tokens 2560 512 --pruning off --decode-tokens 128 --iterations 5 --warmup 2 --constrained --output "$raw/pk-7b-off.json" > "$raw/pk-7b-off.log" 2>&1
-  pk "${b7[@]}" --text-tokens 2560 512 --pruning progressive --decode-tokens 128 --iterations 5 --warmup 2 --output "$raw/pk-7b-progressive.json" > "$raw/pk-7b-progressive.log" 2>&1
+  pk "${b7[@]}" --text-tokens 2560 1536 1024 512 --pruning progressive --decode-tokens 128 --iterations 5 --warmup 2 --output "$raw/pk-7b-progressive.json" > "$raw/pk-7b-progressive.log" 2>&1
+  # The method measured below the break-even too (the sweep that sets BreakEven.CudaHalfPrecisionTextTokens).
+  pk "${b7[@]}" --text-tokens 1024 512 256 --pruning progressive --prune-always --decode-tokens 32 --iterations 5 --warmup 2 --output "$raw/pk-7b-progressive-always.json" > "$raw/pk-7b-progressive-always.log" 2>&1
 fi
 if has hf; then
   left hf && timeout $((deadline - SECONDS)) python3 tools/bench_transformers.py --shape llava-1.5-7b --text-tokens 512 2560 --decode-tokens 128 \

@@ -37,7 +37,9 @@ public sealed class PruneKernelPlugin
         ArgumentNullException.ThrowIfNull(chatClient);
         _chatClient = chatClient;
         _model = chatClient.GetService<Lvlm>();
-        Pruning = pruning ?? new ContextPruningOptions();
+        // The function promises to prune its context (to keep the model on the image), so by default it prunes even where
+        // that does not save time.
+        Pruning = pruning ?? new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore };
         _compressor = compressor ?? (_model is null ? null : new AttentionTextCompressor(_model));
     }
 

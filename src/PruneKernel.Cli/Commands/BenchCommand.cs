@@ -51,6 +51,8 @@ internal static class BenchCommand
         int Decode, int Batch, int Warmup, int Iterations, bool Graphs)
     {
         public bool Constrained { get; init; }
+
+        public bool PruneAlways { get; init; }
     }
 
     public static Command Create()
@@ -71,6 +73,7 @@ internal static class BenchCommand
         var chatTurns = new Option<int>("--chat-turns") { Description = "Also run an N-turn chat (one image, ~150 new tokens a turn): TTFT with and without the prefix cache.", DefaultValueFactory = _ => 0 };
         var concurrency = new Option<int[]>("--concurrency") { Description = "Also run N concurrent streams of --decode-tokens each (repeatable), prompts cycling through --text-tokens.", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [] };
         var noGraphs = new Option<bool>("--no-graphs") { Description = "Decode eagerly (no CUDA graphs)." };
+        var pruneAlways = new Option<bool>("--prune-always") { Description = "Prune even below the device's break-even (measures the method itself)." };
         var constrained = new Option<bool>("--constrained") { Description = "Also decode under a 5-field JSON-schema constraint and report its cost per token." };
         var noPrefill = new Option<bool>("--no-prefill") { Description = "Skip the prompt-pass and decoding records (with --chat-turns or --concurrency)." };
         var quantize = new Option<string>("--quantize") { Description = "none, int8 or int4: the decoder's linears quantized as drawn; records gain their error against the unquantized weights.", DefaultValueFactory = _ => "none" };
@@ -79,7 +82,7 @@ internal static class BenchCommand
         var sweep = new Option<bool>("--kernel-sweep") { Description = "With --quantize: time the gate/up product's fused and dequantizing paths against the dense GEMM by row count." };
         var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
         var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, constrained, noPrefill, quantize, groupSize, lmHead, sweep, tokenizer })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, pruneAlways, constrained, noPrefill, quantize, groupSize, lmHead, sweep, tokenizer })
         {
             command.Add(option);
         }
@@ -95,6 +98,7 @@ internal static class BenchCommand
                 r.GetValue(layers), r.GetValue(decode), r.GetValue(batch), r.GetValue(warmup), r.GetValue(iterations), !r.GetValue(noGraphs))
             {
                 Constrained = r.GetValue(constrained),
+                PruneAlways = r.GetValue(pruneAlways),
             };
             var textTokens = r.GetValue(text)!;
             var maxTokens = 1 + settings.VisualTokens + textTokens.Max() + 8 + Math.Max(settings.Decode, 1)
@@ -128,7 +132,11 @@ internal static class BenchCommand
                 record["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
                 record["dtype"] = settings.DTypeName;
                 record["sdpa_cudnn"] = dev.type == DeviceType.CUDA ? TorchRuntime.CudnnAttentionDisabled != true : null;
-                record["cuda_graphs"] = dev.type == DeviceType.CUDA ? lvlm.GenerationEngine.GraphsOffReason ?? "on" : null;
+                if (!record.ContainsKey("cuda_graphs"))
+                {
+                    record["cuda_graphs"] = dev.type == DeviceType.CUDA ? lvlm.GenerationEngine.GraphsOffReason ?? "on" : null;
+                }
+
                 record["bandwidth_gb_s"] = bandwidth is double b ? Math.Round(b / 1e9, 1) : null;
                 record["quantization"] = plan.Describe();
                 records.Add(record);
@@ -143,6 +151,7 @@ internal static class BenchCommand
                     var pruning = Pruning(mode, settings, network.Config.Text.NumHiddenLayers);
                     var record = Measure(lvlm, network, settings, length, pruning, contextMiB, bandwidth);
                     record["pruning"] = pruning is null ? "off" : $"{mode}-{pruning.Rate.ToString(CultureInfo.InvariantCulture)}x{pruning.Layers}";
+                    record["prune_always"] = pruning is null ? null : settings.PruneAlways;
                     Emit(record, "prefill_decode");
                 }
             }
@@ -200,13 +209,17 @@ internal static class BenchCommand
     }
 
     /// <summary>The paper's settings for a mode, clamped to the model's depth (the report names the layers used).</summary>
-    private static ContextPruningOptions? Pruning(string mode, Settings settings, int depth) => mode switch
+    private static ContextPruningOptions? Pruning(string mode, Settings settings, int depth)
     {
-        "off" => null,
-        "progressive" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers }.FitTo(depth),
-        "once" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers, Schedule = PruningSchedule.Once }.FitTo(depth),
-        _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
-    };
+        var breakEven = settings.PruneAlways ? PruningBreakEven.Ignore : PruningBreakEven.Skip;
+        return mode switch
+        {
+            "off" => null,
+            "progressive" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers, BreakEven = breakEven }.FitTo(depth),
+            "once" => new ContextPruningOptions { Rate = settings.Rate, Layers = settings.PruneLayers, Schedule = PruningSchedule.Once, BreakEven = breakEven }.FitTo(depth),
+            _ => throw new PruneKernelException($"Unknown pruning mode '{mode}' (off, progressive, once)."),
+        };
+    }
 
     private static string FindDemoModel()
     {
@@ -309,10 +322,13 @@ internal static class BenchCommand
         {
             using var scope = NewDisposeScope();
             using var cache = new DecoderCache(config.NumHiddenLayers, 1);
-            var pruner = pruning is null ? null : new ContextPruner(pruning, prompt.Layout);
+            var pruner = pruning is null ? null : new ContextPruner(pruning, prompt.Layout)
+            {
+                Skipped = BreakEven.SkipReason(pruning, prompt.Layout, settings.Device, settings.DType),
+            };
             Synchronize(settings.Device);
             var watch = Stopwatch.StartNew();
-            var hidden = network.language_model.forward(embeds, positions, cache, selector: pruner);
+            var hidden = network.language_model.forward(embeds, positions, cache, selector: pruner is { Skipped: null } ? pruner : null);
             var logits = network.Logits(hidden.narrow(1, hidden.shape[1] - 1, 1));
             Synchronize(settings.Device);
             var prefill = watch.Elapsed.TotalMilliseconds;
@@ -509,6 +525,7 @@ internal static class BenchCommand
                 ["ttft_uncached_ms"] = Math.Round(cold.Timings.TimeToFirstTokenMs, 3),
                 ["ttft_ratio"] = Math.Round(warmRun.Timings.TimeToFirstTokenMs / cold.Timings.TimeToFirstTokenMs, 3),
                 ["same_tokens"] = cold.OutputTokenIds.SequenceEqual(warmRun.OutputTokenIds),
+                ["cuda_graphs"] = settings.Device.type == DeviceType.CUDA ? cached.GenerationEngine.GraphsOffReason ?? "on" : null,
             };
         }
     }

@@ -179,8 +179,10 @@ internal static class BenchQuantization
             hash = (hash ^ c) * 1099511628211;
         }
 
-        using var f32 = torch.randn(shape, generator: new Generator(hash ^ Seed, device), device: device);
-        return (f32 * Std).to(dtype);
+        // Drawn on the CPU (a CUDA generator would need its own device index) and moved: the same numbers on every device.
+        using var generator = new Generator(hash ^ Seed);
+        using var f32 = torch.randn(shape, generator: generator);
+        return (f32 * Std).to(dtype, device);
     }
 
     private static double RelativeError(Tensor actual, Tensor expected)

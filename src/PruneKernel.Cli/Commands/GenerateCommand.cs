@@ -82,6 +82,9 @@ internal static class GenerateCommand
         ["initial_candidates"] = report.InitialCandidates,
         ["tokens_at_last_layer"] = report.TokensAtLastLayer,
         ["scoring_ms"] = Math.Round(report.ScoringMs, 3),
+        ["skipped"] = report.Skipped,
+        ["mode"] = report.Mode,
+        ["reused_tokens"] = report.ReusedTokens,
         ["options"] = JsonNode.Parse(report.Options.ToJson()),
         ["layers"] = new JsonArray([.. report.Layers.Select(l => (JsonNode)new JsonObject
         {

@@ -60,6 +60,8 @@ internal sealed class ModelOptions
 
     public Option<bool> PruneProtectUserTurn { get; } = new("--prune-protect-user-turn") { Description = "Context pruning: never prune the last user turn." };
 
+    public Option<bool> PruneAlways { get; } = new("--prune-always") { Description = "Context pruning: prune even below the device's break-even (for its effect on the answer, not its speed)." };
+
     public Option<bool> CheckWeights { get; } = new("--check-weights")
     {
         Description = "Verify every weight is finite while loading (default; a NaN/Inf tensor is named instead of yielding garbage). Costs one extra pass over the weights.",
@@ -74,7 +76,7 @@ internal sealed class ModelOptions
         foreach (var option in new Option[]
         {
             Model, Device, DType, Quantize, QuantizeGroupSize, QuantizeLmHead, MaxNewTokens, Temperature, TopP, TopK, Seed, Stop, PruneRate, PruneLayers, PruneStartLayer,
-            PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate,
+            PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate, PruneAlways,
         })
         {
             command.Add(option);
@@ -124,7 +126,7 @@ internal sealed class ModelOptions
     /// <exception cref="ModelConfigException">--prune-dynamic-rate for a model folder without a fitted rule.</exception>
     private ContextPruningOptions? PruningOptions(ParseResult r, Lvlm lvlm)
     {
-        Option[] all = [PruneRate, PruneLayers, PruneStartLayer, PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate];
+        Option[] all = [PruneRate, PruneLayers, PruneStartLayer, PruneSchedule, PruneStrategy, PruneAggregation, PruneNormalization, PruneSeed, PruneProtectUserTurn, PruneDynamicRate, PruneAlways];
         if (!all.Any(o => r.GetResult(o) is { Implicit: false }))
         {
             return null;
@@ -142,6 +144,7 @@ internal sealed class ModelOptions
             Normalization = r.GetValue(PruneNormalization) ?? defaults.Normalization,
             Seed = r.GetValue(PruneSeed) ?? defaults.Seed,
             ProtectLastUserTurn = r.GetValue(PruneProtectUserTurn),
+            BreakEven = r.GetValue(PruneAlways) ? PruningBreakEven.Ignore : PruningBreakEven.Skip,
             DynamicRate = !r.GetValue(PruneDynamicRate) ? null : lvlm.DynamicRate ?? throw new ModelConfigException(
                 $"--prune-dynamic-rate: model folder '{lvlm.ModelFolder}' has no {LengthDependentRate.FileName}; `prunekernel eval` writes one to its output folder (best-rate analysis): copy it next to config.json."),
         };

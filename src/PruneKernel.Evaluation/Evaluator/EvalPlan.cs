@@ -149,7 +149,8 @@ public sealed class EvalPlan
         DecoderLayers = decoderLayers;
         Seeds = seeds;
         DefaultLayers = Math.Min(PaperLayers, decoderLayers);
-        Default = new ContextPruningOptions { Rate = PaperRate, Layers = DefaultLayers };
+        // The evaluation studies the method itself: every condition prunes, whether or not it pays for itself in time.
+        Default = new ContextPruningOptions { Rate = PaperRate, Layers = DefaultLayers, BreakEven = PruningBreakEven.Ignore };
         DepthLayers = Math.Max(1, Math.Min(PaperLayers, decoderLayers / 3));
         DepthStarts = new Dictionary<string, int>
         {
@@ -242,7 +243,7 @@ public sealed class EvalPlan
     /// A rate-0 pruner over every decoder layer: it changes nothing but reports D_vis and entropy per layer of the plain
     /// pass (fig. 5's baseline).
     /// </summary>
-    public ContextPruningOptions Probe => new() { Rate = 0, Layers = DecoderLayers };
+    public ContextPruningOptions Probe => new() { Rate = 0, Layers = DecoderLayers, BreakEven = PruningBreakEven.Ignore };
 
     /// <summary>
     /// Whether a condition's rows keep fig. 5's per-layer position-bin masses: the probe and the paper's setting, the two

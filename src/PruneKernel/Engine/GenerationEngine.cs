@@ -92,7 +92,7 @@ internal sealed class GenerationEngine : IDisposable
     public int PrefixCacheEntries => _prefixCache?.Count ?? 0;
 
     /// <summary>Why decoding steps are not replayed from CUDA graphs (null when they are, or before the first request).</summary>
-    public string? GraphsOffReason => _decoder?.GraphsOffReason;
+    public string? GraphsOffReason => _decoder is null ? "not started (no request decoded yet)" : _decoder.GraphsOffReason;
 
     /// <summary>
     /// Validates and queues a request; its updates arrive on the returned sequence's channel. Throws at once for invalid
@@ -357,12 +357,16 @@ internal sealed class GenerationEngine : IDisposable
             var encode = Stopwatch.StartNew();
             var images = Prefill.EncodeImagesFrom(_model, s.Prompt, s.Prefilled, end, _imageCache(), _identity);
             s.EncodeMs += encode.Elapsed.TotalMilliseconds;
-            if (s.Pruning is not null)
+            if (s.Pruning is not null && s.Pruner is null)
             {
-                s.Pruner = new ContextPruner(s.Pruning, s.Prompt.Layout, cached: s.Reused is { } r ? new CachedPrefix(r.Entry, r.Length) : null);
+                s.Pruner = new ContextPruner(s.Pruning, s.Prompt.Layout, cached: s.Reused is { } r ? new CachedPrefix(r.Entry, r.Length) : null)
+                {
+                    Skipped = BreakEven.SkipReason(s.Pruning, s.Prompt.Layout, _model.Device, _model.DType),
+                };
             }
 
-            var hidden = Prefill.Run(_model, s.Prompt, s.Prefilled, end, images, s.Cache!, s.Pruner);
+            // A pruner that skipped itself reports, but selects nothing: the pass runs unpruned.
+            var hidden = Prefill.Run(_model, s.Prompt, s.Prefilled, end, images, s.Cache!, s.Pruner is { Skipped: null } pruner ? pruner : null);
             s.Prefilled = end;
             if (end < promptLength)
             {

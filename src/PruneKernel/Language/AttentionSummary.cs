@@ -130,7 +130,8 @@ internal sealed class AttentionSummary : IDisposable
                 using var inner = NewDisposeScope();
                 var n = Math.Min(chunk, rows - start);
                 var seen = start + n; // keys beyond the chunk's last query are masked anyway
-                var p = torch.baddbmm(-shift.narrow(1, start, n).unsqueeze(-1), q[0].narrow(1, first + start, n), keysT.narrow(2, 0, seen),
+                // TorchSharp's batch1.baddbmm(batch2, input) is input + alpha · batch1 @ batch2.
+                var p = q[0].narrow(1, first + start, n).baddbmm(keysT.narrow(2, 0, seen), -shift.narrow(1, start, n).unsqueeze(-1),
                     beta: 1, alpha: (float)(1.0 / Math.Sqrt(d)));
                 p.exp_();
                 p.narrow(2, start, n).masked_fill_(future.narrow(0, 0, n).narrow(1, 0, n), 0);

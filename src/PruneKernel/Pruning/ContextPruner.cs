@@ -231,8 +231,12 @@ internal sealed class ContextPruner : IDecoderTokenSelector
         return decided is not null ? [.. decided.KeptIndices] : [.. CachedPositions(layer), .. _initialOriginal];
     }
 
+    /// <summary>Why this pass did not prune (set by the engine's break-even rule), or null.</summary>
+    public string? Skipped { get; init; }
+
     public PruningReport Report() => new()
     {
+        Skipped = Skipped,
         ReusedTokens = _cached?.Length ?? 0,
         Options = _options,
         Rate = _rate,

@@ -15,6 +15,20 @@ public enum PruningSchedule
     Once,
 }
 
+/// <summary>What pruning does when scoring would cost more prefill time than dropping tokens saves.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<PruningBreakEven>))]
+public enum PruningBreakEven
+{
+    /// <summary>
+    /// Skip pruning below the device's measured break-even (too few text tokens for the scores to pay for themselves;
+    /// on the CPU, always): the pass runs unpruned and the report says why (<see cref="PruningReport.Skipped"/>).
+    /// </summary>
+    Skip,
+
+    /// <summary>Always prune, whatever it costs: for pruning's effect on the answer (the paper's setting), not its speed.</summary>
+    Ignore,
+}
+
 /// <summary>How per-head scores become one score per token.</summary>
 [JsonConverter(typeof(JsonStringEnumConverter<HeadAggregation>))]
 public enum HeadAggregation
@@ -178,6 +192,12 @@ public sealed record ContextPruningOptions
 
     /// <summary>Also protect the whole last user turn (default off: the scores keep the question by themselves).</summary>
     public bool ProtectLastUserTurn { get; init; }
+
+    /// <summary>
+    /// Skip (default) or always prune when scoring cannot pay for itself on this device and prompt length
+    /// (<see cref="PruningBreakEven"/>). Evaluations of the method itself set <see cref="PruningBreakEven.Ignore"/>.
+    /// </summary>
+    public PruningBreakEven BreakEven { get; init; } = PruningBreakEven.Skip;
 
     /// <summary>When set, the rate depends on the prompt's text length and <see cref="Rate"/> is ignored.</summary>
     public LengthDependentRate? DynamicRate { get; init; }

@@ -189,10 +189,11 @@ internal sealed class Int8Kernel : LinearKernel
 
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var generator = new Generator(20261201, device);
-        var codes = torch.randint(-127, 128, [24, 64], generator: generator, dtype: ScalarType.Int64, device: device).to(ScalarType.Int8);
-        var scales = (torch.rand([24], generator: generator, device: device) * 0.01 + 0.001).to(dtype);
-        var x = torch.randn([3, 64], generator: generator, device: device).to(dtype);
+        // Drawn on the CPU and moved: TorchSharp's generators are CPU generators, which CUDA sampling kernels refuse.
+        using var generator = new Generator(20261201);
+        var codes = torch.randint(-127, 128, [24, 64], generator: generator, dtype: ScalarType.Int64).to(ScalarType.Int8).to(device);
+        var scales = (torch.rand([24], generator: generator) * 0.01 + 0.001).to(dtype, device);
+        var x = torch.randn([3, 64], generator: generator).to(dtype, device);
         var y = Fused(x, codes, scales);
         var expected = nn.functional.linear(x.to(ScalarType.Float32), codes.to(ScalarType.Float32)) * scales.to(ScalarType.Float32);
         var tolerance = dtype == ScalarType.Float32 ? 1e-4 : 2e-2;
@@ -370,10 +371,11 @@ internal sealed class Int4Kernel : LinearKernel
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         const int n = 64, k = 256, group = 128;
-        var generator = new Generator(20261201, device);
-        var codes = torch.randint(0, 16, [n, k], generator: generator, dtype: ScalarType.Int64, device: device).to(ScalarType.Byte);
-        var scales = torch.rand([n, k / group], generator: generator, device: device) * 0.01 + 0.005;
-        var zeros = torch.randint(0, 16, [n, k / group], generator: generator, dtype: ScalarType.Int64, device: device).to(ScalarType.Float32);
+        // Drawn on the CPU and moved: TorchSharp's generators are CPU generators, which CUDA sampling kernels refuse.
+        using var generator = new Generator(20261201);
+        var codes = torch.randint(0, 16, [n, k], generator: generator, dtype: ScalarType.Int64).to(ScalarType.Byte).to(device);
+        var scales = (torch.rand([n, k / group], generator: generator) * 0.01 + 0.005).to(device);
+        var zeros = torch.randint(0, 16, [n, k / group], generator: generator, dtype: ScalarType.Int64).to(ScalarType.Float32).to(device);
         var packed = Int4Layouts.PackTinyGemm(codes, Int4Layouts.InnerKTiles(k));
         if (AtenOps.HasDispatcher)
         {
@@ -389,7 +391,7 @@ internal sealed class Int4Kernel : LinearKernel
         }
 
         var sz = Int4Layouts.TinyGemmScalesAndZeros(scales, zeros);
-        var x = torch.randn([5, k], generator: generator, device: device).to(ScalarType.BFloat16);
+        var x = torch.randn([5, k], generator: generator).to(ScalarType.BFloat16, device);
         var y = AtenOps.CudaWeightInt4PackMm(x, packed, group, sz);
         var w = ((codes.to(ScalarType.Float32) - 8).view(n, k / group, group) * sz.select(2, 0).t().to(ScalarType.Float32).unsqueeze(-1)
             + sz.select(2, 1).t().to(ScalarType.Float32).unsqueeze(-1)).view(n, k);

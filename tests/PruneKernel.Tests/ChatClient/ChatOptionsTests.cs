@@ -182,16 +182,16 @@ public sealed class ChatOptionsTests : IClassFixture<LvlmChatClientTests.Shared>
     [Fact]
     public async Task PaperDefaultPruningClampsToTheModelsDepth()
     {
-        // new ContextPruningOptions() asks for 10 layers; the fixture model has 3: all of them are used, and reported.
+        // new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore } asks for 10 layers; the fixture model has 3: all of them are used, and reported.
         var longText = string.Join(" ", Enumerable.Repeat("The rope, the bread and the lamp lay on the table by the door.", 6)) + " What is shown?";
-        var client = new ChatClientBuilder(Client).UseContextPruning(new ContextPruningOptions()).Build();
+        var client = new ChatClientBuilder(Client).UseContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore }).Build();
         var response = await client.GetResponseAsync(Question(longText), new ChatOptions { MaxOutputTokens = 2 });
         var report = response.GetPruningReport();
         Assert.NotNull(report);
         var depth = _shared.Model.Config.Text.NumHiddenLayers;
         Assert.Equal((0, depth), (report.Options.StartLayer, report.Options.Layers));
         Assert.Equal(Enumerable.Range(0, depth), report.Layers.Select(l => l.Layer));
-        var deep = await Client.GetResponseAsync(Question(longText), new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { StartLayer = 7, Layers = 10 }));
+        var deep = await Client.GetResponseAsync(Question(longText), new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, StartLayer = 7, Layers = 10 }));
         Assert.Equal(depth - 1, Assert.Single(deep.GetPruningReport()!.Layers).Layer);
     }
 
@@ -201,7 +201,7 @@ public sealed class ChatOptionsTests : IClassFixture<LvlmChatClientTests.Shared>
         var cache = new Microsoft.Extensions.Caching.Distributed.MemoryDistributedCache(
             Microsoft.Extensions.Options.Options.Create(new Microsoft.Extensions.Caching.Memory.MemoryDistributedCacheOptions()));
         var client = new ChatClientBuilder(Client).UseDistributedCache(cache).Build();
-        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 });
         var first = await client.GetResponseAsync(Question(), options);
         var second = await client.GetResponseAsync(Question(), options);
         Assert.IsType<PruningReport>(first.AdditionalProperties![LvlmChatClient.PruningReportKey]);

@@ -74,14 +74,14 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     public async Task PruningTravelsInChatOptionsAndIsReported()
     {
         var longText = string.Join(" ", Enumerable.Repeat("The rope, the bread and the lamp lay on the table by the door.", 6)) + " What is shown?";
-        var options = new ChatOptions { MaxOutputTokens = 4 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var options = new ChatOptions { MaxOutputTokens = 4 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 });
         var response = await Client.GetResponseAsync(Question(longText), options);
         var report = Assert.IsType<PruningReport>(response.AdditionalProperties![LvlmChatClient.PruningReportKey]);
         Assert.True(report.PrunedTokens > 0);
         Assert.Equal(report.PrunedTokens, response.Usage!.AdditionalCounts![LvlmChatClient.PrunedTokensKey]);
 
         // Serialised options (as after a cache or a remote hop) work too.
-        var json = new ChatOptions { MaxOutputTokens = 4, AdditionalProperties = new() { [ContextPruningChatOptionsExtensions.PruningKey] = new ContextPruningOptions { Layers = 2 }.ToJson() } };
+        var json = new ChatOptions { MaxOutputTokens = 4, AdditionalProperties = new() { [ContextPruningChatOptionsExtensions.PruningKey] = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 }.ToJson() } };
         var again = await Client.GetResponseAsync(Question(longText), json);
         Assert.Equal(response.Text, again.Text);
     }
@@ -89,7 +89,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
     [Fact]
     public async Task UseContextPruningSetsADefaultWithoutTouchingTheCallersOptions()
     {
-        var client = new ChatClientBuilder(Client).UseContextPruning(new ContextPruningOptions { Layers = 2 }).Build();
+        var client = new ChatClientBuilder(Client).UseContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 }).Build();
         var options = new ChatOptions { MaxOutputTokens = 3 };
         var response = await client.GetResponseAsync(Question(), options);
         Assert.True(response.AdditionalProperties!.ContainsKey(LvlmChatClient.PruningReportKey));
@@ -178,7 +178,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         Assert.NotEmpty((await Client.GetResponseAsync(Question(), new ChatOptions { ModelId = "llava-tiny-f32", MaxOutputTokens = 2 })).Text);
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Client.GetResponseAsync(Question(), new ChatOptions { TopP = 1.5f }));
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Client.GetResponseAsync(Question(),
-            new ChatOptions().WithContextPruning(new ContextPruningOptions { Rate = 2 })));
+            new ChatOptions().WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 2 })));
         var tooLong = await Assert.ThrowsAsync<ContextLengthExceededException>(() => Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 5000 }));
         Assert.True(tooLong.PromptTokens > 0);
         Assert.NotEmpty((await Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 2 })).Text);
@@ -226,7 +226,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         var configuration = new ConfigurationBuilder().AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json))).Build();
         var services = new ServiceCollection();
         services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel"))
-            .UseContextPruning(new ContextPruningOptions { Layers = 2 })
+            .UseContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 })
             .UseOpenTelemetry();
         await using var provider = services.BuildServiceProvider();
         var client = provider.GetRequiredService<IChatClient>();
@@ -270,7 +270,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         model.ImageFeatureCache = cache;
         using var client = new LvlmChatClient(model);
         var longText = string.Join(" ", Enumerable.Repeat("The lamp and the rope were on the table.", 8)) + " What is shown?";
-        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 });
         await client.GetResponseAsync(Question(longText), options);
         await client.GetResponseAsync(Question(longText), options);
         listener.RecordObservableInstruments();
@@ -290,7 +290,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
             Microsoft.Extensions.Options.Options.Create(new Microsoft.Extensions.Caching.Memory.MemoryDistributedCacheOptions()));
         var counting = new CountingClient(Client);
         var client = new ChatClientBuilder(counting).UseDistributedCache(cache).Build();
-        var options = new ChatOptions { MaxOutputTokens = 4 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var options = new ChatOptions { MaxOutputTokens = 4 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 });
         var first = await client.GetResponseAsync(Question(), options);
         var second = await client.GetResponseAsync(Question(), options);
         Assert.Equal(first.Text, second.Text);
@@ -350,7 +350,7 @@ public sealed class MemoryStabilityTests : IClassFixture<LvlmChatClientTests.Sha
     [Fact]
     public async Task HundredSequentialRequestsDoNotGrowMemory()
     {
-        var options = new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { Layers = 2 });
+        var options = new ChatOptions { MaxOutputTokens = 2 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 });
         for (var i = 0; i < 10; i++)
         {
             await _shared.Client.GetResponseAsync(Question(), options);

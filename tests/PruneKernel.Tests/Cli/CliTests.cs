@@ -78,10 +78,11 @@ public sealed class CliTests
     public async Task PruningFlagsAddThePruningReportToJson()
     {
         var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe the picture, the colours, and the shapes in detail please.",
-            "--max-new-tokens", "3", "--prune-rate", "0.3", "--prune-layers", "2", "--prune-schedule", "Once", "--format", "json");
+            "--max-new-tokens", "3", "--prune-rate", "0.3", "--prune-layers", "2", "--prune-schedule", "Once", "--prune-always", "--format", "json");
         Assert.True(code == 0, stderr);
         using var json = JsonDocument.Parse(stdout);
         var pruning = json.RootElement.GetProperty("pruning");
+        Assert.Equal(JsonValueKind.Null, pruning.GetProperty("skipped").ValueKind);
         Assert.True(pruning.GetProperty("scoring_ms").GetDouble() > 0);
         var layers = pruning.GetProperty("layers").EnumerateArray().ToList();
         Assert.Equal(2, layers.Count);
@@ -95,12 +96,25 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task OnTheCpuPruningSkipsItselfBelowBreakEvenAndSaysSo()
+    {
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Describe the picture.",
+            "--max-new-tokens", "2", "--prune-layers", "2", "--format", "json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        var pruning = json.RootElement.GetProperty("pruning");
+        Assert.StartsWith("below break-even", pruning.GetProperty("skipped").GetString(), StringComparison.Ordinal);
+        Assert.Empty(pruning.GetProperty("layers").EnumerateArray());
+        Assert.Equal(pruning.GetProperty("prompt_tokens").GetInt32(), pruning.GetProperty("tokens_at_last_layer").GetInt32());
+    }
+
+    [Fact]
     public async Task PruningWithoutFlagsIsAbsentAndBadPruningValuesAreErrors()
     {
         var plain = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--max-new-tokens", "2", "--format", "json");
         Assert.Equal(JsonValueKind.Null, JsonDocument.Parse(plain.Out).RootElement.GetProperty("pruning").ValueKind);
         // The paper's 10 layers on the 3-layer fixture clamp to its depth, and the report says which layers ran.
-        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10", "--max-new-tokens", "1", "--format", "json");
+        var (code, stdout, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "10", "--prune-always", "--max-new-tokens", "1", "--format", "json");
         Assert.True(code == 0, stderr);
         Assert.Equal(3, JsonDocument.Parse(stdout).RootElement.GetProperty("pruning").GetProperty("layers").GetArrayLength());
         (code, _, stderr) = await Run("generate", "--model", Model, "--image", Image, "--prompt", "Hi", "--prune-layers", "0");
@@ -165,10 +179,16 @@ public sealed class CliTests
     {
         // The tiny shape has 4 layers; the default --prune-layers 10 prunes in all of them and says so.
         var (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "9",
-            "--iterations", "1", "--warmup", "0", "--decode-tokens", "0", "--pruning", "progressive");
+            "--iterations", "1", "--warmup", "0", "--decode-tokens", "0", "--pruning", "progressive", "--prune-always");
         Assert.True(code == 0, stderr);
         Assert.Contains("\"pruning\":\"progressive-0.3x4\"", stdout, StringComparison.Ordinal);
         Assert.Contains("\"pruning_layers_used\":[0,1,2,3]", stdout, StringComparison.Ordinal);
+
+        // Without --prune-always the CPU skips scoring it cannot pay for, and the record says why.
+        (code, stdout, stderr) = await Run("bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "40", "--visual-tokens", "9",
+            "--iterations", "1", "--warmup", "0", "--decode-tokens", "0", "--pruning", "progressive");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("\"pruning_skipped\":\"below break-even", stdout, StringComparison.Ordinal);
     }
 
     [Fact]

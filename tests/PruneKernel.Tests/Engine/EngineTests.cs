@@ -39,7 +39,7 @@ public sealed class EngineTests
     internal static GenerationOptions Options(Lvlm lvlm, bool pruned, int tokens = 6) => new()
     {
         MaxNewTokens = tokens,
-        Pruning = pruned ? new ContextPruningOptions { Rate = 0.3, Layers = Math.Min(2, lvlm.Config.Text.NumHiddenLayers) } : null,
+        Pruning = pruned ? new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.3, Layers = Math.Min(2, lvlm.Config.Text.NumHiddenLayers) } : null,
     };
 
     [Theory]

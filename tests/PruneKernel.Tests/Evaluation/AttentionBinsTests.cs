@@ -72,7 +72,7 @@ public sealed class AttentionBinsTests
             var bins = PositionBins.Of(visual);
             foreach (var rate in new[] { 0.0, 0.9 })
             {
-                var report = PruningPropertyTests.Run(new ContextPruningOptions { Rate = rate, Layers = 3 }, layout, length, rng);
+                var report = PruningPropertyTests.Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = rate, Layers = 3 }, layout, length, rng);
                 Assert.Equal(bins.Spans, report.PositionBins.Spans);
                 IReadOnlyList<int> present = Enumerable.Range(0, length).ToArray();
                 foreach (var layer in report.Layers)

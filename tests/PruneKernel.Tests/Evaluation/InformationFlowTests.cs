@@ -58,7 +58,7 @@ public sealed class InformationFlowTests
         using var model = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
         var item = Item();
         var prompt = model.CreatePrompt(BenchmarkPrompt.Messages(item), [ImageDecoder.Load(item.Image)]);
-        var row = InformationFlow.Compute(model, item, prompt, 500, new ContextPruningOptions { Rate = 0.3, Layers = 2 });
+        var row = InformationFlow.Compute(model, item, prompt, 500, new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.3, Layers = 2 });
         Assert.Equal(3, row.Baseline.Count);
         Assert.Equal(3, row.Pruned.Count);
         foreach (var l in row.Baseline.Concat(row.Pruned))

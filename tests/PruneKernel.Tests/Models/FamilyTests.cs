@@ -23,7 +23,7 @@ public sealed class FamilyTests
         var image = ImageDecoder.Load(Fixtures.Path("images", "img03.png"));
         var prompt = lvlm.CreatePrompt([PromptMessage.User(context + " What is in the picture?", 1)], [image]);
         var layers = Math.Min(2, lvlm.Config.Text.NumHiddenLayers - 1);
-        var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 4, Pruning = new ContextPruningOptions { Rate = 0.5, Layers = layers } },
+        var result = lvlm.Generate(prompt, new GenerationOptions { MaxNewTokens = 4, Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.5, Layers = layers } },
             TestContext.Current.CancellationToken);
 
         var report = result.Pruning!;
@@ -47,7 +47,7 @@ public sealed class FamilyTests
         var image = new DataContent(await File.ReadAllBytesAsync(Fixtures.Path("images", "img03.png"), TestContext.Current.CancellationToken), "image/png");
         var response = await client.GetResponseAsync(
             [new ChatMessage(ChatRole.User, [image, new TextContent("What is in the picture?")])],
-            new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Rate = 0.3, Layers = 1 }),
+            new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.3, Layers = 1 }),
             TestContext.Current.CancellationToken);
         Assert.Equal(3, response.Usage!.OutputTokenCount);
         var model = (Lvlm)client.GetService(typeof(Lvlm))!;
@@ -98,7 +98,7 @@ public sealed class FamilyTests
             frames.Add(new DataContent(await File.ReadAllBytesAsync(Fixtures.Path("images", name), ct), "image/png"));
         }
 
-        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { Rate = 0.5, Layers = 1 });
+        var options = new ChatOptions { MaxOutputTokens = 3 }.WithContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.5, Layers = 1 });
         var response = await client.GetResponseAsync(
             [new ChatMessage(ChatRole.User, [new VideoFramesContent(frames), new TextContent("What happens in this video? " + string.Concat(Enumerable.Repeat("Some chatter. ", 20)))])],
             options, ct);

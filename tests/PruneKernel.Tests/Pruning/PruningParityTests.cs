@@ -38,8 +38,8 @@ public sealed class PruningParityTests
         using var json = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("pruning", model + ".json")));
         var root = json.RootElement;
         var scenario = root.GetProperty("scenarios").GetProperty(scenarioName);
-        var options = new ContextPruningOptions
-        {
+        var options = new ContextPruningOptions {
+            BreakEven = PruningBreakEven.Ignore,
             Rate = root.GetProperty("rate").GetDouble(),
             Layers = root.GetProperty("layers").GetInt32(),
             StartLayer = root.GetProperty("start_layer").GetInt32(),

@@ -64,8 +64,8 @@ public sealed class PruningPropertyTests
         for (var trial = 0; trial < 300; trial++)
         {
             var layout = RandomLayout(rng, out var length);
-            var options = new ContextPruningOptions
-            {
+            var options = new ContextPruningOptions {
+            BreakEven = PruningBreakEven.Ignore,
                 Rate = rng.NextDouble() * 0.95,
                 Layers = 3,
                 Aggregation = rng.Next(2) == 0 ? HeadAggregation.Max : HeadAggregation.Mean,
@@ -98,7 +98,7 @@ public sealed class PruningPropertyTests
     {
         var rng = new Random(5);
         var layout = RandomLayout(rng, out var length);
-        var report = Run(new ContextPruningOptions { Layers = 3, Schedule = PruningSchedule.Once }, layout, length, rng);
+        var report = Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 3, Schedule = PruningSchedule.Once }, layout, length, rng);
         Assert.Equal(report.Layers[0].CandidatesBefore, report.Layers[0].CandidatesAfter);
         Assert.Equal(report.Layers[1].CandidatesBefore, report.Layers[1].CandidatesAfter);
         Assert.Equal(report.Layers[2].CandidatesBefore - (int)Math.Floor(0.3 * report.Layers[2].CandidatesBefore), report.Layers[2].CandidatesAfter);
@@ -109,7 +109,7 @@ public sealed class PruningPropertyTests
     {
         var layout = RandomLayout(new Random(3), out var length);
         IReadOnlyList<int> Kept(int seed) =>
-            Run(new ContextPruningOptions { Strategy = PruningStrategy.Random, Seed = seed, Layers = 2 }, layout, length, new Random(9)).Layers[^1].KeptIndices;
+            Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Strategy = PruningStrategy.Random, Seed = seed, Layers = 2 }, layout, length, new Random(9)).Layers[^1].KeptIndices;
         Assert.Equal(Kept(1), Kept(1));
         Assert.NotEqual(Kept(1), Kept(2));
     }
@@ -119,9 +119,9 @@ public sealed class PruningPropertyTests
     {
         var rng = new Random(11);
         var layout = RandomLayout(rng, out var length);
-        var none = Run(new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MinValue, double.MinValue] }, layout, length, rng);
+        var none = Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MinValue, double.MinValue] }, layout, length, rng);
         Assert.All(none.Layers, l => Assert.Equal(l.CandidatesBefore, l.CandidatesAfter));
-        var all = Run(new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MaxValue, double.MaxValue] }, layout, length, rng);
+        var all = Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Strategy = PruningStrategy.Threshold, Layers = 2, Thresholds = [double.MaxValue, double.MaxValue] }, layout, length, rng);
         Assert.Equal(0, all.Layers[0].CandidatesAfter);
     }
 
@@ -130,7 +130,7 @@ public sealed class PruningPropertyTests
     {
         var layout = RandomLayout(new Random(2), out var length);
         var rate = new LengthDependentRate(0.5, 0, 0, 0, 0.9);
-        var report = Run(new ContextPruningOptions { DynamicRate = rate, Layers = 1 }, layout, length, new Random(4));
+        var report = Run(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, DynamicRate = rate, Layers = 1 }, layout, length, new Random(4));
         Assert.Equal(0.5, report.Rate);
         Assert.Equal(0.9, new LengthDependentRate(0.1, 1, 1).RateFor(5000));
         Assert.Equal(0.2, new LengthDependentRate(0.1, 0.1, 0).RateFor(1000), 12);
@@ -159,6 +159,35 @@ public sealed class PruningPropertyTests
     }
 
     [Theory]
+    [InlineData(40, 0, 1000, false)] // every key scored, one chunk
+    [InlineData(40, 11, 1000, false)] // keys before row 11 (BOS, the image) skipped
+    [InlineData(40, 11, 3, false)] // chunked
+    [InlineData(64, 17, 5, true)] // bfloat16 scores, as on the GPU
+    public void LogSumExpScoringMatchesTheFullSoftmaxFromTheFirstScoredKey(int tokens, int first, int rowsPerChunk, bool bf16)
+    {
+        // The CUDA fast path takes the row normalisers from the flash kernel; here they come from the reference scores,
+        // so the CPU checks the arithmetic (the shift, the exp, the causal triangle and the weighted column sums).
+        using var scope = NewDisposeScope();
+        var generator = new Generator(5);
+        var q = torch.randn([1, 4, tokens, 16], generator: generator);
+        var k = torch.randn([1, 4, tokens, 16], generator: generator);
+        var scores = torch.matmul(q[0], k[0].transpose(1, 2)) / Math.Sqrt(16);
+        var causal = torch.ones(tokens, tokens, dtype: ScalarType.Bool).triu(1);
+        var masked = scores.masked_fill(causal, float.NegativeInfinity);
+        var p = masked.softmax(-1);
+        var lse = masked.logsumexp(-1).unsqueeze(0);
+        var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        using var summary = new AttentionSummary(scoreBudgetBytes: rowsPerChunk * 4L * tokens * (bf16 ? 2 : 4), firstScoredKey: first);
+        summary.ComputeFromLogSumExp(q.to(dtype), k.to(dtype), lse);
+        var expected = p.sum(1).narrow(1, first, tokens - first);
+        var actual = summary.ColumnSums!.narrow(1, first, tokens - first);
+        var tolerance = bf16 ? 3e-2 : 1e-5;
+        Assert.True(torch.allclose(actual, expected, tolerance, tolerance), $"max error {(actual - expected).abs().max().item<float>()}");
+        Assert.Equal(0, summary.ColumnSums!.narrow(1, 0, first).abs().sum().item<float>());
+        Assert.True(torch.allclose(summary.LastRow!, p[.., -1, ..], bf16 ? 3e-2 : 1e-5, 1e-4));
+    }
+
+    [Theory]
     [InlineData(1.0, 2, 0)]
     [InlineData(-0.1, 2, 0)]
     [InlineData(double.NaN, 2, 0)]
@@ -166,20 +195,20 @@ public sealed class PruningPropertyTests
     [InlineData(0.3, 4, 0)]
     [InlineData(0.3, 2, 2)]
     public void InvalidOptionsAreRejected(double rate, int layers, int start) =>
-        Assert.ThrowsAny<ArgumentException>(() => new ContextPruningOptions { Rate = rate, Layers = layers, StartLayer = start }.Validate(3));
+        Assert.ThrowsAny<ArgumentException>(() => new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = rate, Layers = layers, StartLayer = start }.Validate(3));
 
     [Fact]
     public void ThresholdStrategyNeedsOneThresholdPerLayer()
     {
-        var e = Assert.Throws<ArgumentException>(() => new ContextPruningOptions { Strategy = PruningStrategy.Threshold, Layers = 2 }.Validate(3));
+        var e = Assert.Throws<ArgumentException>(() => new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Strategy = PruningStrategy.Threshold, Layers = 2 }.Validate(3));
         Assert.Contains("threshold", e.Message, StringComparison.OrdinalIgnoreCase);
     }
 
     [Fact]
     public void OptionsRoundTripThroughJson()
     {
-        var options = new ContextPruningOptions
-        {
+        var options = new ContextPruningOptions {
+            BreakEven = PruningBreakEven.Ignore,
             Rate = 0.25, Layers = 7, StartLayer = 2, Schedule = PruningSchedule.Once, Aggregation = HeadAggregation.Mean,
             Normalization = ScoreNormalization.PerVisibleQuery, Strategy = PruningStrategy.Threshold, Seed = 9, ProtectLastUserTurn = true,
             DynamicRate = new LengthDependentRate(0.1, 0.05, 0.01, 0.05, 0.6), Thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
@@ -220,7 +249,7 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
     public void RateZeroIsBitIdenticalToThePlainPass()
     {
         using var plain = PrefillLogits(null);
-        using var scored = PrefillLogits(new ContextPruner(new ContextPruningOptions { Rate = 0, Layers = 2 }, _prompt.Layout));
+        using var scored = PrefillLogits(new ContextPruner(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0, Layers = 2 }, _prompt.Layout));
         Assert.True(plain.eq(scored).all().item<bool>());
     }
 
@@ -236,7 +265,7 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
     [Fact]
     public void PruningShortensTheSequenceAndReportsIt()
     {
-        var result = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 6, Pruning = new ContextPruningOptions { Layers = 2 } });
+        var result = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 6, Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 } });
         var report = result.Pruning!;
         Assert.Equal(6, result.OutputTokenIds.Count);
         Assert.Equal(2, report.Layers.Count);
@@ -250,7 +279,7 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
     [Fact]
     public void StreamingWithPruningEqualsTheResult()
     {
-        var options = new GenerationOptions { MaxNewTokens = 10, Pruning = new ContextPruningOptions { Layers = 2, Schedule = PruningSchedule.Once } };
+        var options = new GenerationOptions { MaxNewTokens = 10, Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2, Schedule = PruningSchedule.Once } };
         var whole = _lvlm.Generate(_prompt, options);
         var streamed = _lvlm.GenerateStreaming(_prompt, options).ToList();
         Assert.Equal(whole.Text, string.Concat(streamed.Select(u => u.TextDelta)));
@@ -261,12 +290,12 @@ public sealed class PruningInModelTests : IClassFixture<Tests.Models.GenerationT
     public void ThePapersTenLayersClampToTheModelsDepth()
     {
         // The paper's defaults on a 3-layer model prune in its 3 layers; the report names them. Mistakes stay errors.
-        var report = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 1, Pruning = new ContextPruningOptions() }).Pruning!;
+        var report = _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 1, Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore } }).Pruning!;
         Assert.Equal((0, 3), (report.Options.StartLayer, report.Options.Layers));
         Assert.Equal([0, 1, 2], report.Layers.Select(l => l.Layer));
         Assert.Same(report.Options, report.Options.FitTo(3));
-        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { Layers = 0 } }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { StartLayer = -1 } }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 0 } }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => _lvlm.Generate(_prompt, new GenerationOptions { Pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, StartLayer = -1 } }));
     }
 }
 
@@ -284,7 +313,7 @@ public sealed class ThresholdCalibrationTests : IClassFixture<Tests.Models.Gener
         var samples = Enumerable.Range(0, 4).Select(i => _lvlm.CreatePrompt(
             [PromptMessage.User(string.Join(" ", Enumerable.Repeat($"Note {i}: the lamp, the rope and the bread were on the table.", 4 + i)) + " What is shown?", 1)],
             [image])).ToList();
-        var calibrated = ThresholdCalibration.Calibrate(_lvlm, samples, new ContextPruningOptions { Rate = 0.3, Layers = 2 });
+        var calibrated = ThresholdCalibration.Calibrate(_lvlm, samples, new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.3, Layers = 2 });
         Assert.Equal(PruningStrategy.Threshold, calibrated.Strategy);
         Assert.Equal(2, calibrated.Thresholds!.Count);
         var dropped = 0.0;
@@ -301,5 +330,5 @@ public sealed class ThresholdCalibrationTests : IClassFixture<Tests.Models.Gener
 
     [Fact]
     public void CalibrationNeedsSamples() =>
-        Assert.Throws<ArgumentException>(() => ThresholdCalibration.Calibrate(_lvlm, [], new ContextPruningOptions { Layers = 2 }));
+        Assert.Throws<ArgumentException>(() => ThresholdCalibration.Calibrate(_lvlm, [], new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2 }));
 }

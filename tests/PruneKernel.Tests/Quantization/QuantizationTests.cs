@@ -219,7 +219,7 @@ public sealed class QuantizationTests
         using var quantized = Lvlm.Load(folder, new LvlmLoadOptions { Quantization = WeightQuantization.Int4, QuantizationGroupSize = 16 });
         var prompt = quantized.CreatePrompt([PromptMessage.User(string.Join(' ', Enumerable.Repeat("Tell me about the picture in detail.", 6)), 1)],
             [ImageDecoder.Load(Fixtures.Path("images", "img03.png"))]);
-        var options = new ContextPruningOptions { Rate = 0.3, Layers = 2 };
+        var options = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Rate = 0.3, Layers = 2 };
         var pruned = quantized.Generate(prompt, new GenerationOptions { MaxNewTokens = 6, Pruning = options });
         Assert.Equal(6, pruned.OutputTokenIds.Count);
         var report = Assert.IsType<PruningReport>(pruned.Pruning);

@@ -100,7 +100,7 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
     [InlineData("extension")]
     public async Task PruningPassesThrough(string form)
     {
-        var pruning = new ContextPruningOptions { Layers = 2, Rate = 0.5 };
+        var pruning = new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore, Layers = 2, Rate = 0.5 };
         var settings = Settings(("max_tokens", 4));
         switch (form)
         {
@@ -260,7 +260,7 @@ public sealed class SemanticKernelTests : IClassFixture<SemanticKernelTests.Shar
 
         // One model for both: the kernel's service runs on the IChatClient already registered (middleware included).
         var shared = Kernel.CreateBuilder();
-        shared.Services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel")).UseContextPruning(new ContextPruningOptions());
+        shared.Services.AddPruneKernelChatClient(configuration.GetSection("PruneKernel")).UseContextPruning(new ContextPruningOptions { BreakEven = PruningBreakEven.Ignore });
         shared.AddPruneKernelChatCompletionFromChatClient();
         shared.Plugins.AddPruneKernelPlugin();
         var kernel = shared.Build();
