@@ -316,11 +316,14 @@ internal sealed class GenerationEngine : IDisposable
     private void StartPrefill(Sequence s)
     {
         var promptLength = s.Prompt.InputIds.Count;
-        var reuse = _prefixCache is not null && (s.Pruning is null || _options.PrunedPrefixReuse == PrunedPrefixReuse.Incremental);
-        s.Key = reuse || _prefixCache is not null ? PromptKeyFor(s) : null;
+        // Pruning that cannot pay for itself here is skipped: the pass is then an unpruned one in every respect (chunked,
+        // reusing and leaving cached prefixes like any other).
+        s.PruningSkipped = s.Pruning is null ? null : BreakEven.SkipReason(s.Pruning, s.Prompt.Layout, _model.Device, _model.DType);
+        var reuse = _prefixCache is not null && (!s.Pruned || _options.PrunedPrefixReuse == PrunedPrefixReuse.Incremental);
+        s.Key = _prefixCache is not null ? PromptKeyFor(s) : null;
         var match = reuse ? _prefixCache!.Find(s.Key!, s.ConversationId) : null;
         var start = match?.Length ?? 0;
-        var firstAppendEnd = s.Pruning is null && _options.PrefillChunkTokens > 0 ? Math.Min(promptLength, ChunkEnd(start)) : promptLength;
+        var firstAppendEnd = !s.Pruned && _options.PrefillChunkTokens > 0 ? Math.Min(promptLength, ChunkEnd(start)) : promptLength;
         s.Cache = _decoder!.CreateCache(promptLength - firstAppendEnd + s.MaxNewTokens);
         if (match is { } m)
         {
@@ -338,7 +341,7 @@ internal sealed class GenerationEngine : IDisposable
 
     private PromptKey PromptKeyFor(Sequence s) =>
         new(s.Prompt.InputIds, s.Prompt.ImageSpans, s.Prompt.Images.Select(i => ImageFeatureKeys.For(_identity, i)).ToArray(),
-            s.Pruning?.ToJson());
+            s.Pruned ? s.Pruning!.ToJson() : null);
 
     /// <summary>Runs the next chunk of a prompt pass; after the last, samples the first token.</summary>
     private void PrefillStep(Sequence s)
@@ -352,16 +355,16 @@ internal sealed class GenerationEngine : IDisposable
         {
             var watch = Stopwatch.StartNew();
             var promptLength = s.Prompt.InputIds.Count;
-            var end = s.Pruning is null && _options.PrefillChunkTokens > 0 ? Math.Min(promptLength, ChunkEnd(s.Prefilled)) : promptLength;
+            var end = !s.Pruned && _options.PrefillChunkTokens > 0 ? Math.Min(promptLength, ChunkEnd(s.Prefilled)) : promptLength;
             using var scope = NewDisposeScope();
             var encode = Stopwatch.StartNew();
             var images = Prefill.EncodeImagesFrom(_model, s.Prompt, s.Prefilled, end, _imageCache(), _identity);
             s.EncodeMs += encode.Elapsed.TotalMilliseconds;
             if (s.Pruning is not null && s.Pruner is null)
             {
-                s.Pruner = new ContextPruner(s.Pruning, s.Prompt.Layout, cached: s.Reused is { } r ? new CachedPrefix(r.Entry, r.Length) : null)
+                s.Pruner = new ContextPruner(s.Pruning, s.Prompt.Layout, cached: s.Pruned && s.Reused is { } r ? new CachedPrefix(r.Entry, r.Length) : null)
                 {
-                    Skipped = BreakEven.SkipReason(s.Pruning, s.Prompt.Layout, _model.Device, _model.DType),
+                    Skipped = s.PruningSkipped,
                 };
             }
 
@@ -522,7 +525,7 @@ internal sealed class GenerationEngine : IDisposable
     {
         try
         {
-            if (s.Pruning is not null && _options.PrunedPrefixReuse != PrunedPrefixReuse.Incremental)
+            if (s.Pruned && _options.PrunedPrefixReuse != PrunedPrefixReuse.Incremental)
             {
                 return;
             }

@@ -107,7 +107,7 @@ internal static class Prefill
         var layers = cache.Layers.Length;
         var keys = new Tensor[layers];
         var values = new Tensor[layers];
-        int[][]? positions = s.Pruner is null ? null : new int[layers][];
+        int[][]? positions = s.Pruned ? new int[layers][] : null;
         using var scope = NewDisposeScope();
         for (var layer = 0; layer < layers; layer++)
         {

@@ -72,6 +72,12 @@ internal sealed class Sequence : IDisposable
     /// <summary>The pruning that applies to the prompt pass, or null.</summary>
     public ContextPruningOptions? Pruning { get; }
 
+    /// <summary>Why the requested pruning does not run (the break-even rule), or null.</summary>
+    public string? PruningSkipped { get; set; }
+
+    /// <summary>Whether the prompt pass really prunes (requested and not skipped): only then is it one unchunked pass.</summary>
+    public bool Pruned => Pruning is not null && PruningSkipped is null;
+
     /// <summary>The caller's conversation id (a prefix-cache hint), or null.</summary>
     public string? ConversationId { get; }
 

@@ -14,7 +14,7 @@ internal static class Int4Layouts
     {
         using var scope = NewDisposeScope();
         long n = codes.shape[0], k = codes.shape[1];
-        var pairs = codes.to(ScalarType.Byte).view(n, k / 2, 2);
+        var pairs = codes.to(ScalarType.Byte).reshape(n, k / 2, 2);
         return (pairs.select(2, 0) + (pairs.select(2, 1) * 16)).MoveToOuterDisposeScope();
     }
 
@@ -27,7 +27,7 @@ internal static class Int4Layouts
         using var scope = NewDisposeScope();
         var low = packed.remainder(16);
         var high = packed.floor_divide(16);
-        return torch.stack([low, high], -1).view(packed.shape[0], packed.shape[1] * 2).MoveToOuterDisposeScope();
+        return torch.stack([low, high], -1).reshape(packed.shape[0], packed.shape[1] * 2).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -53,7 +53,7 @@ internal static class Int4Layouts
         long n = codes.shape[0], k = codes.shape[1];
         var kTiles = k / (16 * innerKTiles);
         // [nTile, tn, kTile, p, ih, il, tk, hl] -> [nTile, kTile, tn, tk, p, hl, ih, il]: one byte per code.
-        var nibbles = codes.to(ScalarType.Byte).view(n / 8, 8, kTiles, innerKTiles / 2, 2, 2, 4, 2).permute(0, 2, 1, 6, 3, 7, 4, 5)
+        var nibbles = codes.to(ScalarType.Byte).reshape(n / 8, 8, kTiles, innerKTiles / 2, 2, 2, 4, 2).permute(0, 2, 1, 6, 3, 7, 4, 5)
             .reshape(n / 8, kTiles, 32, innerKTiles / 2, 8);
         // Nibble by nibble into a word (int64 while accumulating; a weight's eighth at a time, not eight bytes per code).
         var word = torch.zeros([n / 8, kTiles, 32, innerKTiles / 2], ScalarType.Int64, codes.device);
@@ -88,7 +88,7 @@ internal static class Int4Layouts
         }
 
         // [nTile, kTile, tn, tk, p, hl, ih, il] -> [nTile, tn, kTile, p, ih, il, tk, hl]
-        var digits = torch.stack(nibbles, -1).view(nTiles, kTiles, 8, 4, half, 2, 2, 2).permute(0, 2, 1, 4, 6, 7, 3, 5);
+        var digits = torch.stack(nibbles, -1).reshape(nTiles, kTiles, 8, 4, half, 2, 2, 2).permute(0, 2, 1, 4, 6, 7, 3, 5);
         return digits.reshape(nTiles * 8, kTiles * 16 * innerKTiles).MoveToOuterDisposeScope();
     }
 

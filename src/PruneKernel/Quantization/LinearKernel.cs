@@ -132,7 +132,9 @@ internal sealed class Int8Kernel : LinearKernel
         _dtype = dtype;
         _codes = weights.Codes.to(device).contiguous().DetachFromDisposeScope();
         _scales = weights.Scales.to(dtype, device).contiguous().DetachFromDisposeScope();
-        _fused = FusedKernelsAllowed && ProbeResults.GetOrAdd($"{device}|{dtype}", _ => Probe(device, dtype));
+        // On CUDA the fused int8 kernel lost to dequantizing at every row count measured (H200, PyTorch 2.11, 7b gate/up:
+        // 0.85 ms against 0.31 ms for one row, 2026-12-01, docs/results/perf), so CUDA dequantizes.
+        _fused = FusedKernelsAllowed && device.type != DeviceType.CUDA && ProbeResults.GetOrAdd($"{device}|{dtype}", _ => Probe(device, dtype));
     }
 
     public override long OutFeatures => _codes.shape[0];
@@ -323,15 +325,15 @@ internal sealed class Int4Kernel : LinearKernel
         if (_tinyGemm is not null)
         {
             // tinygemm's own formula, (code − 8)·scale + zero, with one rounding (addcmul computes in float32).
-            var q = (Int4Layouts.UnpackTinyGemm(_tinyGemm).to(_dtype) - 8).view(_out, groups, _groupSize);
+            var q = (Int4Layouts.UnpackTinyGemm(_tinyGemm).to(_dtype) - 8).reshape(_out, groups, _groupSize);
             var scale = _scalesAndZeros!.select(2, 0).t().unsqueeze(-1);
             var zero = _scalesAndZeros.select(2, 1).t().unsqueeze(-1);
-            return torch.addcmul(zero, q, scale, 1).view(_out, _in).MoveToOuterDisposeScope();
+            return torch.addcmul(zero, q, scale, 1).reshape(_out, _in).MoveToOuterDisposeScope();
         }
 
         // (code − zero)·scale exactly as the checkpoint formats define it (in place: one weight-sized buffer).
-        var codes = Int4Layouts.UnpackNibbles(_nibbles!).to(_dtype).view(_out, groups, _groupSize);
-        return codes.sub_(_zeros!.unsqueeze(-1)).mul_(_scales!.unsqueeze(-1)).view(_out, _in).MoveToOuterDisposeScope();
+        var codes = Int4Layouts.UnpackNibbles(_nibbles!).to(_dtype).reshape(_out, groups, _groupSize);
+        return codes.sub_(_zeros!.unsqueeze(-1)).mul_(_scales!.unsqueeze(-1)).reshape(_out, _in).MoveToOuterDisposeScope();
     }
 
     private bool UseTinyGemm(Device device, ScalarType dtype)
@@ -380,7 +382,7 @@ internal sealed class Int4Kernel : LinearKernel
         if (AtenOps.HasDispatcher)
         {
             // PyTorch's converter takes uint8 [N, K/2] with the even input in the high nibble.
-            var pairs = codes.to(ScalarType.Int32).view(n, k / 2, 2);
+            var pairs = codes.to(ScalarType.Int32).reshape(n, k / 2, 2);
             var bytes = ((pairs.select(2, 0) * 16) + pairs.select(2, 1)).to(ScalarType.Byte).contiguous();
             var theirs = AtenOps.Call("aten::_convert_weight_to_int4pack", "", bytes, (long)Int4Layouts.InnerKTiles(k));
             if (theirs is not null && (!theirs.shape.SequenceEqual(packed.shape) || !theirs.eq(packed).all().item<bool>()))
@@ -393,8 +395,8 @@ internal sealed class Int4Kernel : LinearKernel
         var sz = Int4Layouts.TinyGemmScalesAndZeros(scales, zeros);
         var x = torch.randn([5, k], generator: generator).to(ScalarType.BFloat16, device);
         var y = AtenOps.CudaWeightInt4PackMm(x, packed, group, sz);
-        var w = ((codes.to(ScalarType.Float32) - 8).view(n, k / group, group) * sz.select(2, 0).t().to(ScalarType.Float32).unsqueeze(-1)
-            + sz.select(2, 1).t().to(ScalarType.Float32).unsqueeze(-1)).view(n, k);
+        var w = ((codes.to(ScalarType.Float32) - 8).reshape(n, k / group, group) * sz.select(2, 0).t().to(ScalarType.Float32).unsqueeze(-1)
+            + sz.select(2, 1).t().to(ScalarType.Float32).unsqueeze(-1)).reshape(n, k);
         var expected = nn.functional.linear(x.to(ScalarType.Float32), w);
         if (y is null || !y.shape.SequenceEqual(expected.shape) || RelativeError(y, expected) > 2e-2)
         {

@@ -122,8 +122,8 @@ internal sealed class Int4Weights(Tensor codes, Tensor scales, Tensor zeros, int
     {
         using var scope = NewDisposeScope();
         long n = Codes.shape[0], k = Codes.shape[1];
-        var q = Codes.to(ScalarType.Float32).view(n, k / GroupSize, GroupSize);
-        return ((q - Zeros.unsqueeze(-1)) * Scales.unsqueeze(-1)).view(n, k).MoveToOuterDisposeScope();
+        var q = Codes.to(ScalarType.Float32).reshape(n, k / GroupSize, GroupSize);
+        return ((q - Zeros.unsqueeze(-1)) * Scales.unsqueeze(-1)).reshape(n, k).MoveToOuterDisposeScope();
     }
 
     public override Tensor Dequantize()

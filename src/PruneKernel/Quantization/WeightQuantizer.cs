@@ -37,13 +37,13 @@ internal static class WeightQuantizer
         }
 
         using var scope = NewDisposeScope();
-        var w = weight.to(ScalarType.Float32).view(n, k / groupSize, groupSize);
+        var w = weight.to(ScalarType.Float32).reshape(n, k / groupSize, groupSize);
         var low = w.amin([-1L]).clamp_max(0);
         var high = w.amax([-1L]).clamp_min(0);
         var scale = (high - low) / 15.0;
         scale = torch.where(scale > 0, scale, torch.ones_like(scale));
         var zero = (-low / scale).round().clamp(0, 15);
-        var codes = ((w / scale.unsqueeze(-1)).round() + zero.unsqueeze(-1)).clamp(0, 15).to(ScalarType.Byte).view(n, k);
+        var codes = ((w / scale.unsqueeze(-1)).round() + zero.unsqueeze(-1)).clamp(0, 15).to(ScalarType.Byte).reshape(n, k);
         return new Int4Weights(codes.MoveToOuterDisposeScope(), scale.MoveToOuterDisposeScope(), zero.MoveToOuterDisposeScope(), groupSize, null);
     }
 }

@@ -198,3 +198,40 @@ public sealed class EngineTests
         Assert.Equal(int.MaxValue - 10, e.MaxNewTokens);
     }
 }
+
+/// <summary>Non-finite logits end a request with a typed error naming the step, greedy or sampled, and spare the others.</summary>
+public sealed class NonFiniteLogitsTests
+{
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(0.8f)]
+    public async Task NaNLogitsAreATypedErrorNamingTheStep(float temperature)
+    {
+        using var folder = new PruneKernel.Tests.Models.TempModelFolder("llava-tiny-f32");
+        PoisonFinalNorm(folder.File("model.safetensors"));
+        using var lvlm = Lvlm.Load(folder.Path);
+        var prompt = EngineTests.Prompt(lvlm, 0);
+        var e = await Assert.ThrowsAsync<NonFiniteLogitsException>(() => lvlm.GenerateAsync(prompt, new GenerationOptions { MaxNewTokens = 4, Temperature = temperature, Seed = 1 }));
+        Assert.Equal(0, e.Step);
+        Assert.Contains("step 0", e.Message, StringComparison.Ordinal);
+        Assert.Equal(0, lvlm.ActiveRequests);
+    }
+
+    /// <summary>Every element of the decoder's final norm weight NaN: every logit of every step is NaN.</summary>
+    private static void PoisonFinalNorm(string path)
+    {
+        PruneKernel.Checkpoints.SafetensorsTensorInfo info;
+        using (var file = PruneKernel.Checkpoints.SafetensorsFile.Open(path))
+        {
+            info = file.Tensors.Values.Single(t => t.Name.EndsWith("norm.weight", StringComparison.Ordinal) && !t.Name.Contains("layers", StringComparison.Ordinal)
+                && !t.Name.Contains("vision", StringComparison.Ordinal) && t.Name.Contains("language_model", StringComparison.Ordinal));
+        }
+
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Write);
+        stream.Position = info.DataBegin;
+        for (long i = 0; i < info.ElementCount; i++)
+        {
+            stream.Write(BitConverter.GetBytes(float.NaN));
+        }
+    }
+}
