@@ -80,17 +80,19 @@ internal static class BenchCommand
         var groupSize = new Option<int>("--quantize-group-size") { Description = "Inputs per int4 group.", DefaultValueFactory = _ => 128 };
         var lmHead = new Option<bool>("--quantize-lm-head") { Description = "Quantize lm_head too." };
         var sweep = new Option<bool>("--kernel-sweep") { Description = "With --quantize: time the gate/up product's fused and dequantizing paths against the dense GEMM by row count." };
+        var modelDir = new Option<DirectoryInfo?>("--model") { Description = "Measure a model folder (single-tile LLaVA families) instead of random weights of --shape." };
         var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
         var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, pruneAlways, constrained, noPrefill, quantize, groupSize, lmHead, sweep, tokenizer })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, pruneAlways, constrained, noPrefill, quantize, groupSize, lmHead, sweep, modelDir, tokenizer })
         {
             command.Add(option);
         }
 
         command.SetAction((r, ct) => CliErrors.Run(r, async console =>
         {
-            var shapeName = r.GetValue(shape)!;
-            var textConfig = Shapes.TryGetValue(shapeName, out var make)
+            var folder = r.GetValue(modelDir)?.FullName;
+            var shapeName = folder is null ? r.GetValue(shape)! : Path.GetFileName(folder.TrimEnd('/'));
+            var textConfig = folder is not null ? null : Shapes.TryGetValue(shapeName, out var make)
                 ? make()
                 : throw new PruneKernelException($"Unknown shape '{shapeName}' (known: {string.Join(", ", Shapes.Keys)}).");
             var dev = TorchRuntime.ResolveDevice(r.GetValue(device)!);
@@ -106,9 +108,30 @@ internal static class BenchCommand
             var records = new JsonArray();
             using var noGrad = torch.no_grad();
             var contextMiB = CudaContextMiB(dev);
-            var tokenizerFolder = r.GetValue(tokenizer)?.FullName ?? FindDemoModel();
+            var tokenizerFolder = r.GetValue(tokenizer)?.FullName ?? folder ?? FindDemoModel();
             var plan = new QuantizationPlan(ModelOptions.ParseQuantization(r.GetValue(quantize)!), r.GetValue(groupSize), r.GetValue(lmHead), null);
-            using var network = RandomModel(textConfig, settings, maxTokens, plan);
+            using var loaded = folder is null ? null : Lvlm.Load(folder, new LvlmLoadOptions
+            {
+                Device = r.GetValue(device)!,
+                DType = r.GetValue(dtype),
+                Quantization = plan.Mode,
+                QuantizationGroupSize = plan.GroupSize,
+                QuantizeLmHead = plan.LmHead,
+                Engine = new EngineOptions { PrefixCacheBytes = 0 },
+            });
+            if (loaded is not null)
+            {
+                if (loaded.Config.ImageGridPinpoints is not null || loaded.Config.HighResVision is not null)
+                {
+                    throw new PruneKernelException("bench --model measures single-tile LLaVA families (not LLaVA-NeXT or DeepSeek-VL hybrid).");
+                }
+
+                settings = settings with { VisualTokens = loaded.Config.ImageTokensPerImage };
+                maxTokens = Math.Min(maxTokens - r.GetValue(visual) + settings.VisualTokens, loaded.Config.Text.MaxPositionEmbeddings);
+            }
+
+            var network = loaded?.Network ?? RandomModel(textConfig!, settings, maxTokens, plan);
+            using var ownedNetwork = loaded is null ? network : null;
             var tok = LlamaTextTokenizer.Load(tokenizerFolder);
             // No token ends generation: random weights would otherwise stop at an EOS by chance.
             var defaults = new GenerationDefaults { EosTokenIds = [-1] };
