@@ -155,7 +155,11 @@ public sealed class Lvlm : IDisposable
         options.Engine.Validate();
         if (!Directory.Exists(modelFolder))
         {
-            throw new ModelConfigException($"Model folder '{modelFolder}' does not exist.");
+            // A relative path is resolved against the process's current folder, which is rarely what a service expects: say where.
+            var resolved = Path.GetFullPath(modelFolder);
+            throw new ModelConfigException(resolved == modelFolder
+                ? $"Model folder '{modelFolder}' does not exist."
+                : $"Model folder '{modelFolder}' does not exist (resolved against the current folder to '{resolved}').");
         }
 
         var config = LlavaConfig.Load(modelFolder);

@@ -191,6 +191,13 @@ public sealed class EngineTests
     }
 
     [Fact]
+    public void AMissingRelativeModelFolderNamesTheResolvedPath()
+    {
+        var e = Assert.Throws<ModelConfigException>(() => Lvlm.Load("no/such/model-folder"));
+        Assert.Contains(Path.GetFullPath("no/such/model-folder"), e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void AHugeBudgetIsRefusedWithoutOverflow()
     {
         using var lvlm = Load("llava-tiny-f32");
