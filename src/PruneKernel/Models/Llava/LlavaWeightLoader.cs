@@ -234,12 +234,7 @@ internal static class LlavaWeightLoader
             }
 
             used.Add(name);
-            var info = weights.GetInfo(key);
-            if (!info.Shape.SequenceEqual(parameter.shape))
-            {
-                throw new CheckpointFormatException(weights.FileOf(key),
-                    $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", parameter.shape)}] (check config.json).", key);
-            }
+            CheckShape(weights, key, parameter.shape);
 
             pairs.Add((name, parameter, key));
         }
@@ -300,12 +295,7 @@ internal static class LlavaWeightLoader
             }
 
             used.Add(name);
-            var info = weights.GetInfo(key);
-            if (!info.Shape.SequenceEqual(parameter.shape))
-            {
-                throw new CheckpointFormatException(weights.FileOf(key),
-                    $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", parameter.shape)}] (check config.json).", key);
-            }
+            CheckShape(weights, key, parameter.shape);
 
             using var source = Read(weights, key, checkWeights);
             parameter.copy_(source);
@@ -341,12 +331,7 @@ internal static class LlavaWeightLoader
         }
         else if (keys.TryGetValue(name, out var key))
         {
-            var info = weights.GetInfo(key);
-            if (!info.Shape.SequenceEqual(shape))
-            {
-                throw new CheckpointFormatException(weights.FileOf(key),
-                    $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", shape)}] (check config.json).", key);
-            }
+            CheckShape(weights, key, shape);
 
             using var source = Read(weights, key, checkWeights);
             loaded = plan.FromDense(source.to(model.DType, model.Device), name);
@@ -370,6 +355,16 @@ internal static class LlavaWeightLoader
         }
 
         return true;
+    }
+
+    private static void CheckShape(CheckpointWeights weights, string key, long[] shape)
+    {
+        var info = weights.GetInfo(key);
+        if (!info.Shape.SequenceEqual(shape))
+        {
+            throw new CheckpointFormatException(weights.FileOf(key),
+                $"shape [{string.Join(", ", info.Shape)}] does not match the model's [{string.Join(", ", shape)}] (check config.json).", key);
+        }
     }
 
     /// <summary>A checkpoint tensor in host memory, checked finite first when asked; libtorch's out-of-memory error named.</summary>
