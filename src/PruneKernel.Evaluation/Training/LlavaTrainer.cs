@@ -260,6 +260,9 @@ internal sealed class LlavaTrainer : IDisposable
     /// <summary>One optimiser step at the given learning rate; returns the batch loss before the update.</summary>
     public double Step(IReadOnlyList<TrainingExample> batch, Tensor pixelBank, double learningRate)
     {
+        // Grad mode is per thread and the caller's thread may have it off (a pooled thread, a host's own no_grad): a training
+        // step needs it on whatever state it finds.
+        using var grad = torch.enable_grad();
         using var scope = NewDisposeScope();
         foreach (var group in _optimizer.ParamGroups)
         {

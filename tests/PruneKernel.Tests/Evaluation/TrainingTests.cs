@@ -95,6 +95,18 @@ public sealed class TrainingTests : IDisposable
     }
 
     [Fact]
+    public void AStepTrainsOnAThreadWhoseGradModeIsOff()
+    {
+        // Grad mode is per thread: CI once ran the trainer on a pooled thread left with it off and every step threw.
+        var config = LlavaConfig.Load(Folder);
+        using var corpus = Corpus(config);
+        var expected = Train(config, corpus, 2, seed: 5);
+        using var noGrad = torch.no_grad();
+        Assert.Equal(expected, Train(config, corpus, 2, seed: 5));
+        Assert.False(torch.is_grad_enabled());
+    }
+
+    [Fact]
     public void TheSavedFolderLoadsWithTransformersNamesAndGivesTheTrainersLogits()
     {
         var config = LlavaConfig.Load(Folder);
