@@ -393,6 +393,8 @@ public sealed class Lvlm : IDisposable
             var reader = sequence.Updates;
             while (true)
             {
+                // Tokens the engine produced ahead of the reader are not handed out once the caller has cancelled.
+                cancellationToken.ThrowIfCancellationRequested();
                 if (reader.TryRead(out var update))
                 {
                     yield return update;
@@ -422,6 +424,8 @@ public sealed class Lvlm : IDisposable
         {
             await foreach (var update in sequence.Updates.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
+                // ReadAllAsync drains buffered tokens without looking at the token: cancellation must win over them.
+                cancellationToken.ThrowIfCancellationRequested();
                 yield return update;
             }
         }

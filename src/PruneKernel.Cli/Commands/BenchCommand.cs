@@ -547,6 +547,8 @@ internal static class BenchCommand
                 ["ttft_ms"] = Math.Round(warmRun.Timings.TimeToFirstTokenMs, 3),
                 ["ttft_uncached_ms"] = Math.Round(cold.Timings.TimeToFirstTokenMs, 3),
                 ["ttft_ratio"] = Math.Round(warmRun.Timings.TimeToFirstTokenMs / cold.Timings.TimeToFirstTokenMs, 3),
+                ["encode_ms"] = Math.Round(warmRun.Timings.ImageEncodeMs, 3),
+                ["encode_uncached_ms"] = Math.Round(cold.Timings.ImageEncodeMs, 3),
                 ["same_tokens"] = cold.OutputTokenIds.SequenceEqual(warmRun.OutputTokenIds),
                 ["cuda_graphs"] = settings.Device.type == DeviceType.CUDA ? cached.GenerationEngine.GraphsOffReason ?? "on" : null,
             };

@@ -47,25 +47,31 @@ internal sealed class PerSequenceAttention : IDecodeAttention
     public Tensor Attend(int layer, Tensor queries, Tensor keys, Tensor values)
     {
         using var scope = NewDisposeScope();
-        var outputs = new Tensor[_caches.Count];
-        for (var b = 0; b < _caches.Count; b++)
+        // Every TorchSharp call costs more than its arithmetic at decode sizes, so the batch is split once per layer and each
+        // sequence costs the fewest calls that keep its numbers: append, two views, one attention.
+        var n = _caches.Count;
+        var q = queries.transpose(1, 2);
+        var newKeys = keys.select(1, 0).unbind(0);
+        var newValues = values.select(1, 0).unbind(0);
+        var outputs = new Tensor[n];
+        for (var b = 0; b < n; b++)
         {
             var cache = _caches[b].Layers[layer];
-            var (k, v) = cache.Append(keys.narrow(0, b, 1), values.narrow(0, b, 1));
+            var (k, v) = cache.AppendToken(newKeys[b], newValues[b]);
             if (_kvHeads != _heads)
             {
                 k = k.repeat_interleave(_heads / _kvHeads, dim: 1);
                 v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
             }
 
-            var q = queries.narrow(0, b, 1).transpose(1, 2);
-            var o = _windowActive[b]
-                ? nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: WindowMask(cache.Length, q.device))
-                : nn.functional.scaled_dot_product_attention(q, k, v);
-            outputs[b] = o.transpose(1, 2).reshape(1, 1, _heads * k.shape[3]);
+            var qb = n == 1 ? q : q.narrow(0, b, 1);
+            outputs[b] = _windowActive[b]
+                ? nn.functional.scaled_dot_product_attention(qb, k, v, attn_mask: WindowMask(cache.Length, qb.device))
+                : nn.functional.scaled_dot_product_attention(qb, k, v);
         }
 
-        return (outputs.Length == 1 ? outputs[0] : torch.cat(outputs, 0)).MoveToOuterDisposeScope();
+        var o = n == 1 ? outputs[0] : torch.cat(outputs, 0);
+        return o.transpose(1, 2).reshape(n, 1, _heads * o.shape[3]).MoveToOuterDisposeScope();
     }
 
     /// <summary>

@@ -115,6 +115,25 @@ public sealed class GenerationTests : IClassFixture<GenerationTests.Model>
         Assert.Equal(5, _lvlm.Generate(_prompt, new GenerationOptions { MaxNewTokens = 5 }).OutputTokenIds.Count);
     }
 
+    [Fact]
+    public async Task AsyncStreamsHandOutNoTokenAfterCancellationEvenWhenTheEngineIsAhead()
+    {
+        using var cts = new CancellationTokenSource();
+        var seen = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var update in _lvlm.GenerateStreamingAsync(_prompt, new GenerationOptions { MaxNewTokens = 50 }, cts.Token))
+            {
+                if (++seen == 3)
+                {
+                    cts.Cancel();
+                    await Task.Delay(50, TestContext.Current.CancellationToken); // the engine runs ahead meanwhile
+                }
+            }
+        });
+        Assert.Equal(3, seen);
+    }
+
     public sealed class Model : IDisposable
     {
         public Lvlm Lvlm { get; } = Lvlm.Load(Fixtures.Model("llava-tiny-f32"));
