@@ -16,9 +16,10 @@ internal static class CliApp
         root.Add(TrainCommand.Create());
         root.Add(DatasetCommand.Create());
         root.Add(EvalCommand.Create());
+        root.Add(ReplayCommand.Create());
         return root;
     }
 
     public static Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default) =>
-        Build().Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error }, cancellationToken);
+        Build().Parse(args).InvokeAsync(new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null }, cancellationToken);
 }

@@ -211,6 +211,23 @@ public sealed class Lvlm : IDisposable
     }
 
     /// <summary>
+    /// A second front over this model's network with an engine of its own (other cache or batching settings), for
+    /// measurements that compare engines on the same weights. The network stays owned by this instance: dispose the
+    /// sibling first.
+    /// </summary>
+    internal Lvlm WithEngine(EngineOptions engine)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        engine.Validate();
+        return new Lvlm(ModelFolder, Config, _model, Tokenizer, ChatTemplate, ImageProcessor, GenerationDefaults, engine)
+        {
+            _ownsNetwork = false,
+            DynamicRate = DynamicRate,
+            ImageFeatureCache = ImageFeatureCache,
+        };
+    }
+
+    /// <summary>
     /// Renders messages through the chat template and attaches the images (one per image part, in order). Message text is
     /// tokenised as text: a literal <c>&lt;image&gt;</c> or <c>&lt;/s&gt;</c> in it stays those characters.
     /// </summary>
