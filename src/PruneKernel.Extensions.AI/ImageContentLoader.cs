@@ -10,6 +10,13 @@ namespace PruneKernel.Extensions.AI;
 /// </summary>
 internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClient? httpClient)
 {
+    // Chats resend their images every turn: the last few decoded images are kept by the SHA-256 of their bytes, so a
+    // resent image is neither decoded nor (the model remembers preprocessing per decoded image) resized again.
+    private const int RecentImages = 8;
+    private const long MaxRecentPixels = 32L << 20; // all kept images together: 96 MiB of RGB at most
+    private readonly LinkedList<(string Key, RgbImage Image)> _recent = new();
+    private long _recentPixels;
+
     public async Task<RgbImage> LoadAsync(AIContent content, CancellationToken cancellationToken)
     {
         switch (content)
@@ -69,14 +76,47 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
             throw new UnsupportedContentException($"LvlmChatClientOptions image limits are invalid: {e.Message}", e);
         }
 
+        var key = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span));
+        lock (_recent)
+        {
+            for (var node = _recent.First; node is not null; node = node.Next)
+            {
+                if (node.Value.Key == key)
+                {
+                    _recent.Remove(node);
+                    _recent.AddFirst(node);
+                    return node.Value.Image;
+                }
+            }
+        }
+
+        RgbImage image;
         try
         {
-            return ImageDecoder.Decode(bytes.Span, name, limits);
+            image = ImageDecoder.Decode(bytes.Span, name, limits);
         }
         catch (ImageDecodeException e)
         {
             throw new UnsupportedContentException(e.Message, e);
         }
+
+        var pixels = (long)image.Width * image.Height;
+        if (pixels <= MaxRecentPixels)
+        {
+            lock (_recent)
+            {
+                _recent.AddFirst((key, image));
+                _recentPixels += pixels;
+                while (_recent.Count > RecentImages || _recentPixels > MaxRecentPixels)
+                {
+                    var last = _recent.Last!.Value.Image;
+                    _recentPixels -= (long)last.Width * last.Height;
+                    _recent.RemoveLast();
+                }
+            }
+        }
+
+        return image;
     }
 
     /// <summary>

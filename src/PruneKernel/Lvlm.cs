@@ -82,6 +82,10 @@ public sealed class Lvlm : IDisposable
 
     private readonly Lazy<TokenVocabulary> _vocabulary;
 
+    // A chat resends its image every turn: the preprocessing of a decoded image (which cannot change) is kept as long as
+    // the image object lives, so the client's decoded-image cache makes later turns skip both decoding and resizing.
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<RgbImage, PixelValues> _preprocessed = new();
+
     private readonly AnyResImageProcessor? _anyRes;
 
     /// <summary>The folder the model was loaded from.</summary>
@@ -210,6 +214,8 @@ public sealed class Lvlm : IDisposable
             defaults, engine) { _ownsNetwork = ownsNetwork };
     }
 
+    private PixelValues Preprocess(RgbImage image) => _anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image);
+
     /// <summary>
     /// A second front over this model's network with an engine of its own (other cache or batching settings), for
     /// measurements that compare engines on the same weights. The network stays owned by this instance: dispose the
@@ -309,7 +315,7 @@ public sealed class Lvlm : IDisposable
                 var count = Config.ImageTokensFor(image.Height, image.Width);
                 spans.Add((expanded.Count, count));
                 expanded.AddRange(Enumerable.Repeat(id, count));
-                pixels.Add(_anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image));
+                pixels.Add(image.Unshared ? _preprocessed.GetValue(image, Preprocess) : Preprocess(image));
             }
             else if (id == Config.VideoTokenId)
             {

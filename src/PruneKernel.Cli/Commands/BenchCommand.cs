@@ -75,6 +75,7 @@ internal static class BenchCommand
         var noGraphs = new Option<bool>("--no-graphs") { Description = "Decode eagerly (no CUDA graphs)." };
         var pruneAlways = new Option<bool>("--prune-always") { Description = "Prune even below the device's break-even (measures the method itself)." };
         var constrained = new Option<bool>("--constrained") { Description = "Also decode under a 5-field JSON-schema constraint and report its cost per token." };
+        var viaChatClient = new Option<bool>("--chat-client") { Description = "With --model and --chat-turns: send the chat through IChatClient (history resent, image as bytes) instead of prompts built in place." };
         var noPrefill = new Option<bool>("--no-prefill") { Description = "Skip the prompt-pass and decoding records (with --chat-turns or --concurrency)." };
         var quantize = new Option<string>("--quantize") { Description = "none, int8 or int4: the decoder's linears quantized as drawn; records gain their error against the unquantized weights.", DefaultValueFactory = _ => "none" };
         var groupSize = new Option<int>("--quantize-group-size") { Description = "Inputs per int4 group.", DefaultValueFactory = _ => 128 };
@@ -83,7 +84,7 @@ internal static class BenchCommand
         var modelDir = new Option<DirectoryInfo?>("--model") { Description = "Measure a model folder (single-tile LLaVA families) instead of random weights of --shape." };
         var tokenizer = new Option<DirectoryInfo?>("--tokenizer") { Description = "A folder with tokenizer.model (default: models/demo-llava-tiny above the working folder)." };
         var command = new Command("bench", "Measure prompt pass, decoding, multi-turn chat and concurrency on random weights of a named shape.");
-        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, concurrency, noGraphs, pruneAlways, constrained, noPrefill, quantize, groupSize, lmHead, sweep, modelDir, tokenizer })
+        foreach (var option in new Option[] { shape, device, dtype, text, visual, iterations, warmup, rate, layers, modes, output, decode, batch, chatTurns, viaChatClient, concurrency, noGraphs, pruneAlways, constrained, noPrefill, quantize, groupSize, lmHead, sweep, modelDir, tokenizer })
         {
             command.Add(option);
         }
@@ -184,6 +185,18 @@ internal static class BenchCommand
                 foreach (var mode in r.GetValue(modes)!.Where(m => m != "once"))
                 {
                     var pruning = Pruning(mode, settings, network.Config.Text.NumHiddenLayers);
+                    if (r.GetValue(viaChatClient))
+                    {
+                        var model = loaded ?? throw new PruneKernelException("bench --chat-client needs --model (a checkpoint folder with its template and tokenizer).");
+                        await foreach (var record in BenchChatClient.Turns(model, turns, Math.Clamp(settings.Decode, 1, 256), pruning, ct))
+                        {
+                            record["pruning"] = mode;
+                            Emit(record, "chat_turn");
+                        }
+
+                        continue;
+                    }
+
                     foreach (var record in ChatTurns(network, tok, defaults, engineOptions, settings, turns, pruning, ct))
                     {
                         record["pruning"] = mode;

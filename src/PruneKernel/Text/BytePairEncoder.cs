@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text;
 
@@ -13,6 +14,15 @@ internal sealed class BytePairEncoder
     private readonly Dictionary<string, int> _vocab;
     private readonly Dictionary<(int Left, int Right), (int Rank, int Merged)> _merges;
     private readonly int[] _byteIds = new int[256];
+
+    // Words (a '▁' after anything but '▁' starts one) are encoded separately and remembered when no merge result holds a
+    // '▁' after another character: then no merge can cross a word start, and merges inside one word never depend on
+    // another, so the ids equal those of the whole run. A chat resends its history every turn; this keeps that cheap.
+    private const char WordStart = '\u2581';
+    private const int MaxCachedWords = 65536;
+    private const int MaxCachedWordLength = 64;
+    private readonly bool _wordsIndependent = true;
+    private readonly ConcurrentDictionary<string, int[]> _words = new(StringComparer.Ordinal);
 
     /// <param name="pieces">The SentencePiece vocabulary.</param>
     /// <param name="merges">Merges in rank order from tokenizer.json, or null to rebuild them from the vocabulary.</param>
@@ -45,6 +55,7 @@ internal sealed class BytePairEncoder
             if (_merges.TryAdd((l, r), (rank, merged)))
             {
                 rank++;
+                _wordsIndependent &= !JoinsAcrossWordStart(left + right);
             }
         }
     }
@@ -86,8 +97,65 @@ internal sealed class BytePairEncoder
         return merges;
     }
 
-    /// <summary>Encodes one pre-tokenized word (spaces already replaced by '▁').</summary>
-    public void Encode(string word, List<int> output)
+    /// <summary>Whether merges cannot cross a word start, so that words may be encoded (and cached) one by one.</summary>
+    internal bool WordsAreIndependent => _wordsIndependent;
+
+    /// <summary>Encodes a run of text with spaces already replaced by '▁'.</summary>
+    public void Encode(string text, List<int> output)
+    {
+        if (!_wordsIndependent)
+        {
+            EncodeRun(text, output);
+            return;
+        }
+
+        var start = 0;
+        for (var i = 1; i <= text.Length; i++)
+        {
+            if (i == text.Length || (text[i] == WordStart && text[i - 1] != WordStart))
+            {
+                EncodeWord(text.Substring(start, i - start), output);
+                start = i;
+            }
+        }
+    }
+
+    private static bool JoinsAcrossWordStart(string piece)
+    {
+        for (var j = 1; j < piece.Length; j++)
+        {
+            if (piece[j] == WordStart && piece[j - 1] != WordStart)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private void EncodeWord(string word, List<int> output)
+    {
+        if (_words.TryGetValue(word, out var cached))
+        {
+            output.AddRange(cached);
+            return;
+        }
+
+        var start = output.Count;
+        EncodeRun(word, output);
+        if (word.Length <= MaxCachedWordLength)
+        {
+            if (_words.Count >= MaxCachedWords)
+            {
+                _words.Clear(); // bounded: a flood of distinct words costs re-encoding, never memory
+            }
+
+            _words.TryAdd(word, output.GetRange(start, output.Count - start).ToArray());
+        }
+    }
+
+    /// <summary>BPE over one run: every merge, lowest rank first, anywhere in the run.</summary>
+    internal void EncodeRun(string word, List<int> output)
     {
         if (word.Length == 0)
         {

@@ -14,6 +14,9 @@ public sealed class LlamaTextTokenizer
     private const char Metaspace = '\u2581';
 
     private readonly BytePairEncoder _bpe;
+
+    /// <summary>The BPE encoder (tests compare its word-by-word encoding with the whole-run one).</summary>
+    internal BytePairEncoder Encoder => _bpe;
     private readonly string[] _idToToken;
     private readonly Dictionary<string, int> _tokenToId;
     private readonly HashSet<int> _special;

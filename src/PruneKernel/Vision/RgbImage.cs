@@ -51,6 +51,12 @@ public sealed class RgbImage
 
     /// <summary>The image's name in error messages.</summary>
     internal string DisplayName => SourceName ?? $"image {Width}x{Height}";
+
+    /// <summary>
+    /// Whether the decoder made the buffers and nobody else holds them: such an image never changes, so its preprocessing
+    /// can be remembered (an image a caller built from its own array may be changed through that array).
+    /// </summary>
+    internal bool Unshared { get; init; }
 }
 
 /// <summary>
@@ -156,7 +162,7 @@ public static class ImageDecoder
         }
 
         // Codecs report "maybe transparent" for most formats; keep alpha only when a pixel actually uses it.
-        return new RgbImage(width, height, rgb, opaque ? null : alpha) { SourceName = sourceName };
+        return new RgbImage(width, height, rgb, opaque ? null : alpha) { SourceName = sourceName, Unshared = true };
     }
 
     /// <summary>
