@@ -10,7 +10,14 @@ void OnSignal(PosixSignalContext context)
     if (!cancel.IsCancellationRequested)
     {
         context.Cancel = true;
-        cancel.Cancel();
+        try
+        {
+            cancel.Cancel();
+        }
+        catch (AggregateException)
+        {
+            // a cancellation callback failed; the command still sees the token cancelled
+        }
     }
 }
 

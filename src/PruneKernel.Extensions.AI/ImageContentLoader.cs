@@ -76,7 +76,9 @@ internal sealed class ImageContentLoader(LvlmChatClientOptions options, HttpClie
             throw new UnsupportedContentException($"LvlmChatClientOptions image limits are invalid: {e.Message}", e);
         }
 
-        var key = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span));
+        // The limits and the name are part of the key: options may change between requests, and an image must not come
+        // back under another source's name (a file path, say) in later error messages.
+        var key = $"{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(bytes.Span))}|{name}|{limits}";
         lock (_recent)
         {
             for (var node = _recent.First; node is not null; node = node.Next)

@@ -216,6 +216,8 @@ public sealed class Lvlm : IDisposable
 
     private PixelValues Preprocess(RgbImage image) => _anyRes?.Preprocess(image) ?? ImageProcessor.Preprocess(image);
 
+    private static PixelValues Copy(PixelValues p) => p with { Data = (float[])p.Data.Clone(), HighRes = p.HighRes is { } h ? Copy(h) : null };
+
     /// <summary>
     /// A second front over this model's network with an engine of its own (other cache or batching settings), for
     /// measurements that compare engines on the same weights. The network stays owned by this instance: dispose the
@@ -315,7 +317,8 @@ public sealed class Lvlm : IDisposable
                 var count = Config.ImageTokensFor(image.Height, image.Width);
                 spans.Add((expanded.Count, count));
                 expanded.AddRange(Enumerable.Repeat(id, count));
-                pixels.Add(image.Unshared ? _preprocessed.GetValue(image, Preprocess) : Preprocess(image));
+                // A prompt's pixel values are public and mutable: each prompt gets its own copy of the remembered ones.
+                pixels.Add(image.Unshared ? Copy(_preprocessed.GetValue(image, Preprocess)) : Preprocess(image));
             }
             else if (id == Config.VideoTokenId)
             {

@@ -31,7 +31,11 @@ public sealed record IncrementalReplayOptions
     public IProgress<EvalProgress>? Progress { get; init; }
 }
 
-/// <summary>One row: the cold pruned run of the whole conversation against the same question reached turn by turn.</summary>
+/// <summary>
+/// One row: the cold pruned run of the whole conversation against the same question reached turn by turn. The cold run
+/// goes first and encodes the image, so <c>cold_ms</c> includes the vision tower and <c>incremental_ms</c> (every turn's
+/// request) does not.
+/// </summary>
 public sealed record ReplayRow(
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("text_tokens")] int TextTokens,
@@ -90,7 +94,8 @@ public static class IncrementalReplay
         }
 
         var layers = model.Config.Text.NumHiddenLayers;
-        var pruning = options.Pruning ?? new EvalPlan([], layers, 1).Default;
+        // Both runs must prune whatever the length: a pass that skipped itself below break-even would compare nothing.
+        var pruning = (options.Pruning ?? new EvalPlan([], layers, 1).Default) with { BreakEven = PruningBreakEven.Ignore };
         var previousCache = model.ImageFeatureCache;
         using var features = new RecentImageFeatureCache(4);
         model.ImageFeatureCache = features;
@@ -146,6 +151,11 @@ public static class IncrementalReplay
     /// <summary>Keep/drop decisions on prunable text tokens, per pruning layer, that both reports make alike.</summary>
     internal static (int Decisions, int Agreeing) Agreement(LvlmPrompt prompt, PruningReport cold, PruningReport incremental)
     {
+        if (cold.Layers.Count != incremental.Layers.Count)
+        {
+            throw new InvalidOperationException($"The reports prune {cold.Layers.Count} and {incremental.Layers.Count} layers: they cannot be compared.");
+        }
+
         var prunable = prompt.Layout.Protected(cold.Options.ProtectLastUserTurn).Select(p => !p).ToArray();
         var decisions = 0;
         var agreeing = 0;

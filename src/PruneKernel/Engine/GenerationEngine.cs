@@ -503,6 +503,7 @@ internal sealed class GenerationEngine : IDisposable
             }
 
             _active.RemoveAt(i);
+            ActiveCount = _active.Count;
             if (s.Succeeded && _prefixCache is not null && s.Key is not null && s.Cache is not null)
             {
                 TryCache(s);
@@ -553,6 +554,7 @@ internal sealed class GenerationEngine : IDisposable
         s.Fail(error);
         if (!_active.Contains(s))
         {
+            s.Publish();
             Release(s);
         }
     }
@@ -582,6 +584,7 @@ internal sealed class GenerationEngine : IDisposable
         {
             s.Publish(); // a request that finished this very step still gets its result
             s.Fail(error);
+            s.Publish();
             Release(s);
         }
     }

@@ -43,6 +43,7 @@ internal sealed class Sequence : IDisposable
     private CancellationToken _callerToken;
     private CancellationTokenRegistration _registration;
     private GenerationUpdate? _final;
+    private Exception? _failure;
 
     public Sequence(long id, LvlmPrompt prompt, GenerationOptions options, int maxNewTokens, GenerationDefaults defaults,
         LlamaTextTokenizer tokenizer, TokenSampler sampler, ContextPruningOptions? pruning, string? conversationId)
@@ -208,10 +209,12 @@ internal sealed class Sequence : IDisposable
             return;
         }
 
+        // Held until Publish, like a result: the engine publishes after the request has left the batch, so a caller that
+        // sees the error also sees the engine's counts without it.
         State = SequenceState.Done;
-        _updates.Writer.TryComplete(error is OperationCanceledException && _callerToken.IsCancellationRequested
+        _failure = error is OperationCanceledException && _callerToken.IsCancellationRequested
             ? new OperationCanceledException(error.Message, error, _callerToken)
-            : error);
+            : error;
     }
 
     private void Finish(GenerationFinishReason reason)
@@ -251,6 +254,11 @@ internal sealed class Sequence : IDisposable
             _updates.Writer.TryWrite(final);
             _updates.Writer.TryComplete();
             _final = null;
+        }
+        else if (_failure is { } failure)
+        {
+            _updates.Writer.TryComplete(failure);
+            _failure = null;
         }
     }
 

@@ -46,6 +46,11 @@ internal sealed class PerSequenceAttention : IDecodeAttention
 
     public Tensor Attend(int layer, Tensor queries, Tensor keys, Tensor values)
     {
+        if (keys.shape[1] != 1)
+        {
+            throw new ArgumentException($"A decoding step feeds one token per sequence, not {keys.shape[1]}.", nameof(keys));
+        }
+
         using var scope = NewDisposeScope();
         // Every TorchSharp call costs more than its arithmetic at decode sizes, so the batch is split once per layer and each
         // sequence costs the fewest calls that keep its numbers: append, two views, one attention.

@@ -61,7 +61,7 @@ internal sealed class LayerKvCache : IDisposable
     }
 
     /// <summary>
-    /// Appends one decoding token's key and value ([1, Hkv, Dh] each) and returns head-major views [1, Hkv, Length, Dh]
+    /// Appends one decoding token's key and value ([Hkv, Dh] each) and returns head-major views [1, Hkv, Length, Dh]
     /// of everything cached: the same views as <see cref="Append"/>'s, in fewer calls.
     /// </summary>
     public (Tensor Keys, Tensor Values) AppendToken(Tensor key, Tensor value)

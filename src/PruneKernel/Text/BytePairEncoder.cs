@@ -58,9 +58,14 @@ internal sealed class BytePairEncoder
                 _wordsIndependent &= !JoinsAcrossWordStart(left + right);
             }
         }
+
+        // Without a '▁' piece the word start would fall back to bytes, which the merge check cannot see.
+        _wordsIndependent &= _vocab.ContainsKey(WordStart.ToString());
     }
 
     public int MergeCount => _merges.Count;
+
+    private int _cachedWords;
 
     /// <summary>
     /// transformers 5's SentencePieceExtractor: for every piece in id order (which is the model's score order, except that
@@ -145,9 +150,12 @@ internal sealed class BytePairEncoder
         EncodeRun(word, output);
         if (word.Length <= MaxCachedWordLength)
         {
-            if (_words.Count >= MaxCachedWords)
+            // Bounded: a flood of distinct words costs re-encoding, never memory. (A counter, not Count: Count takes every
+            // lock of the dictionary, which would serialise concurrent encoders.)
+            if (Interlocked.Increment(ref _cachedWords) > MaxCachedWords)
             {
-                _words.Clear(); // bounded: a flood of distinct words costs re-encoding, never memory
+                _words.Clear();
+                Interlocked.Exchange(ref _cachedWords, 0);
             }
 
             _words.TryAdd(word, output.GetRange(start, output.Count - start).ToArray());

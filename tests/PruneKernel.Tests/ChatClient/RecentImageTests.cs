@@ -46,7 +46,10 @@ public sealed class RecentImageTests
         var decoded = ImageDecoder.Load(Fixtures.Path("images", "img00.png"));
         var a = model.CreateRawPrompt("USER: <image>\nWhat is it? ASSISTANT:", [decoded]);
         var b = model.CreateRawPrompt("USER: <image>\nAnd now? ASSISTANT:", [decoded]);
-        Assert.Same(a.Images[0], b.Images[0]);
+        Assert.NotSame(a.Images[0].Data, b.Images[0].Data); // each prompt owns its copy of the remembered values
+        Assert.Equal(a.Images[0].Data, b.Images[0].Data);
+        Array.Fill(a.Images[0].Data, 7f);
+        Assert.Equal(b.Images[0].Data, model.CreateRawPrompt("USER: <image>\nOnce more? ASSISTANT:", [decoded]).Images[0].Data);
 
         var rgb = decoded.Rgb.ToArray();
         var own = new RgbImage(decoded.Width, decoded.Height, rgb);
@@ -54,6 +57,6 @@ public sealed class RecentImageTests
         Array.Fill(rgb, (byte)255); // the caller changes its own buffer between requests
         var after = model.CreateRawPrompt("USER: <image>\nWhat is it? ASSISTANT:", [own]).Images[0].Data;
         Assert.NotEqual(before, after);
-        Assert.Equal(a.Images[0].Data, before);
+        Assert.Equal(b.Images[0].Data, before);
     }
 }
