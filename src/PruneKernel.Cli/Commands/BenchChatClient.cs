@@ -24,7 +24,15 @@ internal static class BenchChatClient
     public static async IAsyncEnumerable<JsonObject> Turns(Lvlm uncachedModel, int turns, int answerTokens, ContextPruningOptions? pruning,
         [EnumeratorCancellation] CancellationToken ct)
     {
+        // Each side as LvlmChatClient.Load sets a client up: its own image-feature cache (the default 256 MiB), so the
+        // uncached side does not re-encode the image every turn either — only the prefix cache differs.
+        using var uncachedFeatures = new MemoryImageFeatureCache(256L << 20);
+        using var cachedFeatures = new MemoryImageFeatureCache(256L << 20);
+        var previousFeatures = uncachedModel.ImageFeatureCache;
+        uncachedModel.ImageFeatureCache = uncachedFeatures;
+        using var restore = new Restore(() => uncachedModel.ImageFeatureCache = previousFeatures);
         using var cachedModel = uncachedModel.WithEngine(uncachedModel.EngineOptions with { PrefixCacheBytes = null });
+        cachedModel.ImageFeatureCache = cachedFeatures;
         using var cached = Wrap(new LvlmChatClient(cachedModel), pruning);
         using var uncached = Wrap(new LvlmChatClient(uncachedModel), pruning);
         var options = new ChatOptions { MaxOutputTokens = answerTokens, Temperature = 0 };
@@ -65,6 +73,11 @@ internal static class BenchChatClient
                 ["same_text"] = coldText == warmText,
             };
         }
+    }
+
+    private sealed class Restore(Action undo) : IDisposable
+    {
+        public void Dispose() => undo();
     }
 
     private static IChatClient Wrap(IChatClient client, ContextPruningOptions? pruning) =>
