@@ -107,7 +107,9 @@ internal static class BenchCommand
             var maxTokens = 1 + settings.VisualTokens + textTokens.Max() + 8 + Math.Max(settings.Decode, 1)
                 + (r.GetValue(chatTurns) * (150 + Math.Max(settings.Decode, 1) + 8));
             var records = new JsonArray();
-            using var noGrad = torch.no_grad();
+            // No grad-mode scope here: this action awaits, and grad mode belongs to a thread — a scope opened before an
+            // await is closed on another thread, leaving the first one without autograd (it broke training tests that
+            // later ran on that pooled thread). The helpers that run the model on this thread open their own.
             var contextMiB = CudaContextMiB(dev);
             var tokenizerFolder = r.GetValue(tokenizer)?.FullName ?? folder ?? FindDemoModel();
             var plan = new QuantizationPlan(ModelOptions.ParseQuantization(r.GetValue(quantize)!), r.GetValue(groupSize), r.GetValue(lmHead), null);
@@ -277,6 +279,7 @@ internal static class BenchCommand
     /// <summary>The named decoder with random weights and a one-layer vision tower whose grid yields the visual tokens.</summary>
     private static LlavaForConditionalGeneration RandomModel(JsonObject text, Settings settings, int maxTokens, QuantizationPlan plan)
     {
+        using var noGrad = torch.no_grad();
         var side = (int)Math.Round(Math.Sqrt(settings.VisualTokens));
         if (side * side != settings.VisualTokens)
         {
@@ -329,6 +332,7 @@ internal static class BenchCommand
     private static LvlmPrompt Prompt(LlavaForConditionalGeneration network, LlamaTextTokenizer tokenizer, int visualTokens, int textTokens, int seed,
         IReadOnlyList<int>? history = null)
     {
+        using var noGrad = torch.no_grad();
         var header = tokenizer.Encode(" ASSISTANT:", addSpecialTokens: false);
         var random = new Random(seed);
         var body = Enumerable.Range(0, Math.Max(0, textTokens - header.Count)).Select(_ => random.Next(100, 29000)).ToArray();
@@ -345,6 +349,7 @@ internal static class BenchCommand
     private static JsonObject Measure(Lvlm lvlm, LlavaForConditionalGeneration network, Settings settings, int textTokens, ContextPruningOptions? pruning,
         long? contextMiB, double? bandwidth)
     {
+        using var noGrad = torch.no_grad();
         var config = network.Config.Text;
         var prompt = Prompt(network, lvlm.Tokenizer, settings.VisualTokens, textTokens, seed: textTokens);
         var total = prompt.InputIds.Count;
@@ -420,6 +425,7 @@ internal static class BenchCommand
     private static void Decode(Lvlm lvlm, LlavaForConditionalGeneration network, LvlmPrompt prompt, ContextPruningOptions? pruning, Settings settings,
         JsonObject result, double? bandwidth)
     {
+        using var noGrad = torch.no_grad();
         var options = new GenerationOptions { MaxNewTokens = settings.Decode, Temperature = 0, Pruning = pruning };
         RunBatch(lvlm, prompt, options with { MaxNewTokens = Math.Min(settings.Decode, 8) }, settings.Batch);
         var before = lvlm.GenerationEngine.RecentSteps.Count;
@@ -508,6 +514,7 @@ internal static class BenchCommand
     /// <summary>Device-to-device copy bandwidth (bytes read plus written per second), the same quantity as the platform notes.</summary>
     private static double? DeviceBandwidth(Device device)
     {
+        using var noGrad = torch.no_grad();
         if (device.type != DeviceType.CUDA)
         {
             return null;

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using PruneKernel.Cli;
+using TorchSharp;
 
 namespace PruneKernel.Tests.Cli;
 
@@ -144,6 +145,28 @@ public sealed class CliTests
         Assert.Equal(4, error.GetProperty("layer_rel_err").GetArrayLength());
         Assert.InRange(error.GetProperty("logits_rel_err").GetDouble(), 1e-6, 0.5);
         Assert.StartsWith("int4 g32", root.GetProperty("quant_kernels").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AnAwaitingCommandLeavesItsStartingThreadsGradModeAsItWas()
+    {
+        // Grad mode belongs to a thread: the bench once opened a no_grad scope, awaited the concurrent streams and closed
+        // the scope on another thread, leaving the starting (pooled) thread without autograd for whatever ran there next.
+        bool? after = null;
+        string? error = null;
+        var thread = new Thread(() =>
+        {
+            using var output = new StringWriter();
+            using var errors = new StringWriter();
+            var code = PruneKernel.Cli.CliApp.RunAsync(["bench", "--shape", "tiny", "--device", "cpu", "--dtype", "f32", "--text-tokens", "16", "--visual-tokens", "4",
+                "--decode-tokens", "3", "--pruning", "off", "--no-prefill", "--concurrency", "2"], output, errors).GetAwaiter().GetResult();
+            error = code == 0 ? null : errors.ToString();
+            after = torch.is_grad_enabled();
+        });
+        thread.Start();
+        thread.Join();
+        Assert.Null(error);
+        Assert.True(after);
     }
 
     [Fact]
