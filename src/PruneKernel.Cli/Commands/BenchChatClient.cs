@@ -20,18 +20,17 @@ internal static class BenchChatClient
     private static readonly string[] Words =
         ["the", "red", "square", "sits", "left", "of", "a", "small", "blue", "circle", "and", "near", "green", "triangle", "above", "shape"];
 
-    /// <param name="uncachedModel">A model loaded with <c>PrefixCacheBytes = 0</c>; a sibling engine with the default cache is made over it.</param>
-    public static async IAsyncEnumerable<JsonObject> Turns(Lvlm uncachedModel, int turns, int answerTokens, ContextPruningOptions? pruning,
+    /// <param name="model">The loaded model; both clients run on engines of their own over its weights.</param>
+    public static async IAsyncEnumerable<JsonObject> Turns(Lvlm model, int turns, int answerTokens, ContextPruningOptions? pruning,
         [EnumeratorCancellation] CancellationToken ct)
     {
         // Each side as LvlmChatClient.Load sets a client up: its own image-feature cache (the default 256 MiB), so the
         // uncached side does not re-encode the image every turn either — only the prefix cache differs.
         using var uncachedFeatures = new MemoryImageFeatureCache(256L << 20);
         using var cachedFeatures = new MemoryImageFeatureCache(256L << 20);
-        var previousFeatures = uncachedModel.ImageFeatureCache;
+        using var uncachedModel = model.WithEngine(model.EngineOptions with { PrefixCacheBytes = 0 });
+        using var cachedModel = model.WithEngine(model.EngineOptions with { PrefixCacheBytes = null });
         uncachedModel.ImageFeatureCache = uncachedFeatures;
-        using var restore = new Restore(() => uncachedModel.ImageFeatureCache = previousFeatures);
-        using var cachedModel = uncachedModel.WithEngine(uncachedModel.EngineOptions with { PrefixCacheBytes = null });
         cachedModel.ImageFeatureCache = cachedFeatures;
         using var cached = Wrap(new LvlmChatClient(cachedModel), pruning);
         using var uncached = Wrap(new LvlmChatClient(uncachedModel), pruning);
@@ -73,11 +72,6 @@ internal static class BenchChatClient
                 ["same_text"] = coldText == warmText,
             };
         }
-    }
-
-    private sealed class Restore(Action undo) : IDisposable
-    {
-        public void Dispose() => undo();
     }
 
     private static IChatClient Wrap(IChatClient client, ContextPruningOptions? pruning) =>

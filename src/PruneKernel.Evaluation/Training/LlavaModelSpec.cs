@@ -97,19 +97,12 @@ public sealed record LlavaModelSpec
     /// decoder has as many parameters as the demo's 4 layers of width 128, and the vision tower is the demo's. Not yet
     /// trained (models/demo-llava-tiny/README.md, "Plan").
     /// </summary>
-    public static LlavaModelSpec Deep16 { get; } = new()
+    public static LlavaModelSpec Deep16 { get; } = Demo with
     {
         Name = "deep16",
         HiddenSize = 64,
         IntermediateSize = 192,
         Layers = 16,
-        Heads = 4,
-        VisionHiddenSize = 96,
-        VisionIntermediateSize = 384,
-        VisionLayers = 4,
-        VisionHeads = 4,
-        ImageSize = 224,
-        PatchSize = 16,
     };
 
     /// <summary>A model small enough for CPU tests: 16 visual tokens of a 32-pixel image.</summary>

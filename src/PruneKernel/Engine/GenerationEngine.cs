@@ -462,16 +462,14 @@ internal sealed class GenerationEngine : IDisposable
             var vocab = (int)logits.shape[1];
             // One bulk copy: the accessor's per-element indexer cost about 3 ms per 32k-token row, more than the step.
             var all = logits.data<float>().ToArray();
-            var row = new float[vocab];
             for (var b = 0; b < batch.Count; b++)
             {
                 var s = batch[b];
                 s.Fed++;
                 try
                 {
-                    Array.Copy(all, b * vocab, row, 0, vocab);
-
-                    s.Take(s.Sampler.Next(row, s.Output.Count, s.MaxNewTokens - s.Output.Count));
+                    // The sampler works on its row in place; the rows are this step's own copy.
+                    s.Take(s.Sampler.Next(all.AsSpan(b * vocab, vocab), s.Output.Count, s.MaxNewTokens - s.Output.Count));
                 }
                 catch (Exception e)
                 {

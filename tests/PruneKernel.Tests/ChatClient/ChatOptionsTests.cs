@@ -13,15 +13,13 @@ namespace PruneKernel.Tests.ChatClient;
 /// <summary>Every ChatOptions field is honoured or refused by name; JSON and JSON-schema output on a random-weight model.</summary>
 public sealed class ChatOptionsTests : IClassFixture<LvlmChatClientTests.Shared>
 {
-    private static readonly byte[] Png = File.ReadAllBytes(Fixtures.Path("images", "img03.png"));
     private readonly LvlmChatClientTests.Shared _shared;
 
     public ChatOptionsTests(LvlmChatClientTests.Shared shared) => _shared = shared;
 
     private LvlmChatClient Client => _shared.Client;
 
-    private static ChatMessage[] Question(string text = "What is in the picture?") =>
-        [new ChatMessage(ChatRole.User, [new DataContent(Png, "image/png"), new TextContent(text)])];
+    private static ChatMessage[] Question(string text = "What is in the picture?") => LvlmChatClientTests.Question(text);
 
     [Fact]
     public async Task InstructionsReachTheModelAsASystemMessage()
@@ -30,7 +28,7 @@ public sealed class ChatOptionsTests : IClassFixture<LvlmChatClientTests.Shared>
         var plain = await Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 4 });
         var instructed = await Client.GetResponseAsync(Question(), new ChatOptions { MaxOutputTokens = 4, Instructions = instructions });
         var model = _shared.Model;
-        var expected = model.CreatePrompt([PromptMessage.System(instructions), PromptMessage.User("What is in the picture?", 1)], [ImageDecoder.Decode(Png, "x")]);
+        var expected = model.CreatePrompt([PromptMessage.System(instructions), PromptMessage.User("What is in the picture?", 1)], [ImageDecoder.Decode(LvlmChatClientTests.Png, "x")]);
         Assert.True(instructed.Usage!.InputTokenCount > plain.Usage!.InputTokenCount);
         Assert.Equal(expected.InputIds.Count, instructed.Usage.InputTokenCount);
         Assert.StartsWith(instructions + " USER:", expected.Text, StringComparison.Ordinal);

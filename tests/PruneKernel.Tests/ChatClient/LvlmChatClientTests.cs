@@ -14,14 +14,15 @@ namespace PruneKernel.Tests.ChatClient;
 /// <summary>The IChatClient over the fixture model: mapping, streaming, pruning, images, cache, errors, concurrency.</summary>
 public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shared>
 {
-    private static readonly byte[] Png = File.ReadAllBytes(Fixtures.Path("images", "img03.png"));
+    internal static readonly byte[] Png = File.ReadAllBytes(Fixtures.Path("images", "img03.png"));
     private readonly Shared _shared;
 
     public LvlmChatClientTests(Shared shared) => _shared = shared;
 
     private LvlmChatClient Client => _shared.Client;
 
-    private static ChatMessage[] Question(string text = "What is in the picture?") =>
+    /// <summary>One user message: the fixture image and a question (the chat-client tests' common request).</summary>
+    internal static ChatMessage[] Question(string text = "What is in the picture?") =>
         [new ChatMessage(ChatRole.User, [new DataContent(Png, "image/png"), new TextContent(text)])];
 
     [Fact]
@@ -98,6 +99,16 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         Assert.False(explicitOff.AdditionalProperties!.ContainsKey(LvlmChatClient.PruningReportKey));
     }
 
+    /// <summary>The question, its answer, and a follow-up with the whole history resent (as MEAI callers do).</summary>
+    private static async Task<(ChatResponse First, ChatResponse Second)> TwoTurns(LvlmChatClient client)
+    {
+        var history = new List<ChatMessage>(Question());
+        var first = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
+        history.AddRange(first.Messages);
+        history.Add(new ChatMessage(ChatRole.User, "And the colours?"));
+        return (first, await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 }));
+    }
+
     [Fact]
     public async Task MultiTurnChatReusesTheEncodedImage()
     {
@@ -106,17 +117,13 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         using var cache = new MemoryImageFeatureCache(64L * 1024 * 1024);
         model.ImageFeatureCache = cache;
         using var client = new LvlmChatClient(model);
-        var history = new List<ChatMessage>(Question());
-        var first = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
-        history.AddRange(first.Messages);
-        history.Add(new ChatMessage(ChatRole.User, "And the colours?"));
-        var second = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
+        var (first, second) = await TwoTurns(client);
         Assert.Equal((1, 1), (cache.Misses, cache.Hits));
         Assert.True(second.Usage!.InputTokenCount > first.Usage!.InputTokenCount);
 
         // The cached features give the same answer as a fresh encoding.
         using var uncached = new LvlmChatClient(Lvlm.Load(Fixtures.Model("llava-tiny-f32")), ownsModel: true);
-        Assert.Equal(second.Text, (await uncached.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 })).Text);
+        Assert.Equal(second.Text, (await TwoTurns(uncached)).Second.Text);
     }
 
     [Fact]
@@ -149,11 +156,7 @@ public sealed class LvlmChatClientTests : IClassFixture<LvlmChatClientTests.Shar
         using var cache = new MemoryImageFeatureCache(64L * 1024 * 1024);
         model.ImageFeatureCache = cache;
         using var client = new LvlmChatClient(model);
-        var history = new List<ChatMessage>(Question());
-        var first = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
-        history.AddRange(first.Messages);
-        history.Add(new ChatMessage(ChatRole.User, "And the colours?"));
-        var second = await client.GetResponseAsync(history, new ChatOptions { MaxOutputTokens = 4 });
+        var (first, second) = await TwoTurns(client);
         Assert.Equal((1, 0), (cache.Misses, cache.Hits));
         Assert.True(model.GenerationEngine.PrefixCacheEntries >= 1);
         Assert.True(second.Usage!.AdditionalCounts![LvlmChatClient.ReusedTokensKey] > first.Usage!.InputTokenCount / 2);

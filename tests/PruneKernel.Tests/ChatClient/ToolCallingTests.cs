@@ -13,15 +13,13 @@ namespace PruneKernel.Tests.ChatClient;
 /// <summary>Tool calls through the constrained decoder: required and auto modes, function invocation, history, streaming, agents.</summary>
 public sealed class ToolCallingTests : IClassFixture<LvlmChatClientTests.Shared>
 {
-    private static readonly byte[] Png = File.ReadAllBytes(Fixtures.Path("images", "img03.png"));
     private readonly LvlmChatClientTests.Shared _shared;
 
     public ToolCallingTests(LvlmChatClientTests.Shared shared) => _shared = shared;
 
     private LvlmChatClient Client => _shared.Client;
 
-    private static ChatMessage[] Question(string text = "What is the weather in the picture's city?") =>
-        [new ChatMessage(ChatRole.User, [new DataContent(Png, "image/png"), new TextContent(text)])];
+    private static ChatMessage[] Question(string text = "What is the weather in the picture's city?") => LvlmChatClientTests.Question(text);
 
     public enum Unit
     {
@@ -162,14 +160,14 @@ public sealed class ToolCallingTests : IClassFixture<LvlmChatClientTests.Shared>
                 PromptMessage.Assistant("{\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}]}"),
                 PromptMessage.User("{\"tool_results\":[{\"name\":\"get_weather\",\"result\":\"sunny\"}]}"),
             ],
-            [ImageDecoder.Decode(Png, "x")]);
+            [ImageDecoder.Decode(LvlmChatClientTests.Png, "x")]);
         Assert.Equal(expected.InputIds.Count, response.Usage!.InputTokenCount);
 
         // With tools offered, the system block lists them in front of the conversation.
         var offered = await Client.GetResponseAsync(Question(), new ChatOptions { Tools = tools, MaxOutputTokens = 1 });
         var described = _shared.Model.CreatePrompt(
             [PromptMessage.System(ToolCallFormat.Describe([(AIFunctionDeclaration)tools[0]], ChatToolMode.Auto)), PromptMessage.User("What is the weather in the picture's city?", 1)],
-            [ImageDecoder.Decode(Png, "x")]);
+            [ImageDecoder.Decode(LvlmChatClientTests.Png, "x")]);
         Assert.Equal(described.InputIds.Count, offered.Usage!.InputTokenCount);
         Assert.Contains("\"name\":\"get_weather\"", described.Text, StringComparison.Ordinal);
     }

@@ -35,23 +35,7 @@ public sealed class TrainingCheckpointTests(TrainingCheckpointTests.Uninterrupte
     private static void WriteRows(string path, string answerOfRow0)
     {
         // 12 rows in batches of 4: 3 batches per epoch, so 6 steps cross an epoch boundary (where call 3 resumes) and end at another.
-        var lines = new List<string>();
-        for (var k = 0; k < 12; k++)
-        {
-            lines.Add(new JsonObject
-            {
-                ["id"] = $"r{k}",
-                ["image"] = Fixtures.Path("images", $"img0{k % 6}.png"),
-                ["context"] = new JsonArray(
-                    new JsonObject { ["role"] = "user", ["content"] = "Describe the picture." },
-                    new JsonObject { ["role"] = "assistant", ["content"] = "A picture with a few shapes" + string.Concat(Enumerable.Repeat(" and lines", k % 3)) + "." }),
-                ["question"] = "Which word belongs to this picture?",
-                ["answer"] = k == 0 ? answerOfRow0 : Words[k % 6],
-                ["variant"] = "image",
-                ["length_group"] = 100,
-            }.ToJsonString());
-        }
-
+        var lines = Enumerable.Range(0, 12).Select(k => TrainingTests.Row(k, k == 0 ? answerOfRow0 : Words[k % 6]).ToJsonString()).ToList();
         File.WriteAllLines(path, lines);
     }
 

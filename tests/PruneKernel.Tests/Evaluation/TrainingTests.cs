@@ -23,29 +23,26 @@ public sealed class TrainingTests : IDisposable
 
     public TrainingTests()
     {
-        var lines = new List<string>();
-        for (var k = 0; k < 12; k++)
-        {
-            var row = new JsonObject
-            {
-                ["id"] = $"r{k}",
-                ["image"] = Fixtures.Path("images", $"img0{k % 6}.png"),
-                ["context"] = new JsonArray(
-                    new JsonObject { ["role"] = "user", ["content"] = "Describe the picture." },
-                    new JsonObject { ["role"] = "assistant", ["content"] = "A picture with a few shapes" + string.Concat(Enumerable.Repeat(" and lines", k % 3)) + "." }),
-                ["question"] = "Which word belongs to this picture?",
-                ["answer"] = Words[k % 6],
-                ["variant"] = "image",
-                ["length_group"] = 100,
-            };
-            lines.Add(row.ToJsonString());
-        }
-
+        var lines = Enumerable.Range(0, 12).Select(k => Row(k, Words[k % 6]).ToJsonString()).ToList();
         File.WriteAllLines(Data, lines);
         HuggingFaceFolder.WriteFiles(Folder, LlavaModelSpec.Tiny, Fixtures.Model("llava-tiny-f32"), "float32");
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    /// <summary>Training row <paramref name="k"/> of the fixture corpus: a fixture image, one context turn of varying length.</summary>
+    internal static JsonObject Row(int k, string answer) => new()
+    {
+        ["id"] = $"r{k}",
+        ["image"] = Fixtures.Path("images", $"img0{k % 6}.png"),
+        ["context"] = new JsonArray(
+            new JsonObject { ["role"] = "user", ["content"] = "Describe the picture." },
+            new JsonObject { ["role"] = "assistant", ["content"] = "A picture with a few shapes" + string.Concat(Enumerable.Repeat(" and lines", k % 3)) + "." }),
+        ["question"] = "Which word belongs to this picture?",
+        ["answer"] = answer,
+        ["variant"] = "image",
+        ["length_group"] = 100,
+    };
 
     private TrainingCorpus Corpus(LlavaConfig config, bool contextTurns = false) => TrainingCorpus.Load(Data, LlamaTextTokenizer.Load(Folder),
         ChatTemplates.ForModel(Folder), new ClipImageProcessor(ImageProcessorConfig.LoadFromModelFolder(Folder)), config, contextTurns, TorchRuntime.ResolveDevice("cpu"));
